@@ -1,0 +1,3 @@
+module github.com/tcpmap/tcpmap
+
+go 1.26.8

@@ -317,10 +317,36 @@ func (r *resolver) termination(host string) (*snapshot.TLSServer, error) {
 		return nil, fmt.Errorf("no Host or TLSContext provides TLS for host %s", host)
 	}
 	slices.SortFunc(matches, func(a, b *config.Resource) int { return strings.Compare(refKey(a.Ref), refKey(b.Ref)) })
-	for _, other := range matches[1:] {
-		r.warnf(other, "spec.hosts", "host %s is also listed by %s, which is used for it", host, shortRef(matches[0]))
+	// Use the first context that can actually terminate: a context whose
+	// secret is missing or broken must not take down every mapping of the
+	// host when another context lists it too. The broken one is reported
+	// against itself.
+	var firstErr error
+	broken := map[*config.Resource]bool{}
+	for _, c := range matches {
+		srv, err := r.contextTermination(c, host)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			if len(matches) > 1 {
+				broken[c] = true
+				r.errorf(c, "spec.hosts", "cannot terminate TLS for host %s: %v", host, err)
+			}
+			continue
+		}
+		for _, other := range matches {
+			if other != c && !broken[other] {
+				r.warnf(other, "spec.hosts", "host %s is also listed by %s, which is used for it", host, shortRef(c))
+			}
+		}
+		return srv, nil
 	}
-	c := matches[0]
+	return nil, firstErr
+}
+
+// contextTermination builds the server TLS of a TLSContext used for host.
+func (r *resolver) contextTermination(c *config.Resource, host string) (*snapshot.TLSServer, error) {
 	f := contextFields(c)
 	cert, key, ok, err := r.keyPair(&f)
 	if err != nil {

@@ -114,6 +114,20 @@ func TestTermination(t *testing.T) {
 			check:    wantTerm("*:1", "a.example.com", ref(config.KindTLSContext, "b/first"), exact),
 		},
 		{
+			name: "a broken TLSContext listing the host does not shadow a usable one",
+			in: []config.Resource{
+				sni("m", 1, "a.example.com", "a:1"),
+				tlsContext("a/broken", config.TLSContextSpec{Hosts: []string{"a.example.com"}, Secret: "missing"}),
+				tlsContext("b/good", config.TLSContextSpec{Hosts: []string{"a.example.com"}, Secret: "exact"}),
+				secret("b/exact", exact),
+			},
+			want: []string{"*:1/TLS a.example.com default/m 100 -> a:1"},
+			problems: []string{
+				"TLSContext a/broken: spec.hosts: cannot terminate TLS for host a.example.com: TLSContext a/broken spec.secret: Secret a/missing not found",
+			},
+			check: wantTerm("*:1", "a.example.com", ref(config.KindTLSContext, "b/good"), exact),
+		},
+		{
 			name: "Host secret in another namespace",
 			in: []config.Resource{
 				sni("m", 1, "a.example.com", "a:1"),

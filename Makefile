@@ -1,0 +1,42 @@
+# tcpmap build, test and run targets. Go 1.26+ is the only build dependency;
+# the e2e tests also need root and iproute2 (see .ci/run for a fresh machine).
+
+GO      ?= go
+BIN     := bin
+PKGS    := ./...
+# Every test run has a hard deadline so a hung socket fails the run instead of
+# eating CI's budget.
+TEST_TIMEOUT ?= 30m
+
+.PHONY: all build test unit e2e run lint fmt vet clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/tcpmapd ./cmd/tcpmapd
+
+## test: everything, unit and end-to-end (e2e needs root; it skips otherwise, fails under CI=true)
+test:
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /test/)
+
+e2e:
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./test/e2e/
+
+## run: tcpmapd with deploy/examples and the built-in demo upstream on 127.0.0.1:7001
+run: build
+	$(BIN)/tcpmapd --config deploy/examples --demo-upstream 127.0.0.1:7001 --log-format console
+
+lint: fmt vet
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '_bpfe[lb]\.go$$')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,96 @@
+// Command tcpmapd is the tcpmap node proxy: it serves Emissary TCPMappings.
+//
+//	tcpmapd --config /etc/tcpmap            serve
+//	tcpmapd check --config /etc/tcpmap      validate, print the listener table
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tcpmap/tcpmap/userspace/daemon"
+	"github.com/tcpmap/tcpmap/userspace/logging"
+	"github.com/tcpmap/tcpmap/userspace/snapshot"
+)
+
+const usage = `tcpmapd: layer-4 TCP node proxy for Emissary TCPMappings
+
+Usage:
+  tcpmapd [flags]            serve the configuration
+  tcpmapd check [flags]      validate the configuration, print the listener
+                             table and every problem; exit 1 on errors
+
+Flags:
+`
+
+// errUsage marks errors that deserve exit code 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	code, err := run(os.Args[1:])
+	if err != nil && !errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "tcpmapd:", err)
+	}
+	os.Exit(code)
+}
+
+func run(args []string) (int, error) {
+	check := len(args) > 0 && args[0] == "check"
+	if check {
+		args = args[1:]
+	}
+
+	fs := pflag.NewFlagSet("tcpmapd", pflag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	var opts daemon.Options
+	var logLevel, logFormat string
+	fs.StringArrayVar(&opts.ConfigPaths, "config", nil, "configuration file or directory of YAML/JSON resources (repeatable)")
+	fs.StringVar(&opts.AmbassadorID, "ambassador-id", "default", "serve only resources whose ambassador_id includes this id")
+	fs.StringVar(&opts.AmbassadorNamespace, "ambassador-namespace", "default", "namespace a bare `service: name` resolves in (Emissary's AMBASSADOR_NAMESPACE)")
+	fs.StringVar(&opts.ClusterDomain, "cluster-domain", "", "when set (e.g. cluster.local), expand `name` and `name.namespace` services to `name.namespace.svc.DOMAIN`")
+	fs.StringVar(&opts.Datapath, "datapath", daemon.DatapathAuto, "auto, ebpf or userspace")
+	fs.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", 10*time.Second, "TLS handshake deadline, client and upstream side")
+	fs.DurationVar(&opts.ConnectTimeout, "connect-timeout", snapshot.DefaultConnectTimeout, "upstream connect deadline (annotation tcpmap.io/connect-timeout-ms overrides per mapping)")
+	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long live connections may finish after SIGTERM or removal of their listener")
+	fs.DurationVar(&opts.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")
+	fs.StringVar(&opts.DemoUpstream, "demo-upstream", "", "start the built-in demo echo upstream on this address (for `make run`)")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "json", "json or console")
+	if err := fs.Parse(args); err != nil {
+		return 2, err
+	}
+	if fs.NArg() > 0 {
+		return 2, fmt.Errorf("unexpected argument %q (see --help): %w", fs.Arg(0), errUsage)
+	}
+	if len(opts.ConfigPaths) == 0 {
+		return 2, fmt.Errorf("--config is required: %w", errUsage)
+	}
+
+	if check {
+		if daemon.Check(os.Stdout, opts) > 0 {
+			return 1, nil
+		}
+		return 0, nil
+	}
+
+	log, err := logging.New(logLevel, logFormat)
+	if err != nil {
+		return 2, err
+	}
+	defer func() { _ = log.Sync() }()
+	opts.Logger = log
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.Run(ctx, opts); err != nil {
+		return 1, err
+	}
+	return 0, nil
+}

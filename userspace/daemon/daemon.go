@@ -1,0 +1,201 @@
+// Package daemon is tcpmapd's main loop: it picks the datapath, starts the
+// manager, and turns signals into reloads and a graceful stop.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tcpmap/tcpmap/userspace/config"
+	"github.com/tcpmap/tcpmap/userspace/demo"
+	"github.com/tcpmap/tcpmap/userspace/manager"
+	"github.com/tcpmap/tcpmap/userspace/relay"
+	"github.com/tcpmap/tcpmap/userspace/resolve"
+	"github.com/tcpmap/tcpmap/userspace/snapshot"
+	"github.com/tcpmap/tcpmap/userspace/tlsconfig"
+	"github.com/tcpmap/tcpmap/userspace/upstream"
+)
+
+// Datapath modes accepted by --datapath.
+const (
+	DatapathAuto      = "auto"
+	DatapathEBPF      = "ebpf"
+	DatapathUserspace = "userspace"
+)
+
+// Options are tcpmapd's settings, one per flag.
+type Options struct {
+	Logger              *zap.Logger
+	ConfigPaths         []string
+	AmbassadorID        string
+	AmbassadorNamespace string
+	ClusterDomain       string
+	Datapath            string
+	HandshakeTimeout    time.Duration
+	ConnectTimeout      time.Duration
+	DrainTimeout        time.Duration
+	DNSTTL              time.Duration
+	// DemoUpstream, when set, starts the built-in echo upstream on this
+	// address and probes every cleartext listener once through tcpmapd.
+	DemoUpstream string
+}
+
+// ResolveOptions are the resolution settings derived from the flags.
+func (o Options) ResolveOptions() resolve.Options {
+	return resolve.Options{
+		AmbassadorID:          o.AmbassadorID,
+		AmbassadorNamespace:   o.AmbassadorNamespace,
+		ClusterDomain:         o.ClusterDomain,
+		DefaultConnectTimeout: o.ConnectTimeout,
+	}
+}
+
+// ErrEBPFUnavailable is returned for --datapath ebpf until the kernel splice
+// ships.
+var ErrEBPFUnavailable = fmt.Errorf("--datapath ebpf: the eBPF splice datapath is not part of this build yet; use --datapath userspace or auto")
+
+// chooseDatapath returns the datapath to run and why, or an error when the
+// requested one cannot run.
+func chooseDatapath(mode string) (string, string, error) {
+	switch mode {
+	case DatapathUserspace:
+		return DatapathUserspace, "requested with --datapath userspace", nil
+	case DatapathAuto, "":
+		return DatapathUserspace, "eBPF splice datapath not built into this version; every mapping is relayed in userspace", nil
+	case DatapathEBPF:
+		return "", "", ErrEBPFUnavailable
+	default:
+		return "", "", fmt.Errorf("--datapath %q: want auto, ebpf or userspace", mode)
+	}
+}
+
+// Run serves until ctx is cancelled (SIGTERM/SIGINT in main), then drains
+// for the drain timeout. SIGHUP reloads the configuration.
+func Run(ctx context.Context, opts Options) error {
+	log := opts.Logger
+	dp, why, err := chooseDatapath(opts.Datapath)
+	if err != nil {
+		return err
+	}
+	log.Info("datapath", zap.String("mode", dp), zap.String("reason", why))
+
+	if opts.DemoUpstream != "" {
+		up, err := demo.StartUpstream(opts.DemoUpstream, log.Named("demo"))
+		if err != nil {
+			return err
+		}
+		defer up.Close()
+	}
+
+	dialer := upstream.NewDialer(upstream.Options{TTL: opts.DNSTTL, Logger: log.Named("upstream")})
+	m := manager.New(manager.Options{
+		Logger:      log,
+		ConfigPaths: opts.ConfigPaths,
+		Resolve:     opts.ResolveOptions(),
+		Relay: relay.Options{
+			Logger:           log.Named("relay"),
+			Dialer:           dialer,
+			HandshakeTimeout: opts.HandshakeTimeout,
+			ServerTLS:        tlsconfig.ServerConfig,
+			ClientTLS:        tlsconfig.ClientConfig,
+		},
+		DrainTimeout: opts.DrainTimeout,
+	})
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	res := m.Reload()
+	log.Info("ready", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
+	if opts.DemoUpstream != "" {
+		go probeDemo(ctx, log.Named("demo"), m.Snapshot())
+	}
+
+	for {
+		select {
+		case <-hup:
+			res := m.Reload()
+			log.Info("reloaded", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
+		case <-ctx.Done():
+			log.Info("stopping: no new connections; draining live ones", zap.Duration("drain_timeout", opts.DrainTimeout))
+			sctx, cancel := context.WithTimeout(context.Background(), opts.DrainTimeout+time.Second)
+			defer cancel()
+			if err := m.Shutdown(sctx); err != nil {
+				log.Warn("drain ended with connections still open", zap.Error(err))
+			}
+			log.Info("stopped")
+			return nil
+		}
+	}
+}
+
+// probeDemo sends one line through each listener of the demo configuration
+// and logs what came back, so `make run` shows bytes flowing.
+func probeDemo(ctx context.Context, log *zap.Logger, snap snapshot.Snapshot) {
+	for _, l := range snap.Listeners {
+		host := l.Address
+		if host == "" {
+			host = "127.0.0.1"
+		}
+		addr := net.JoinHostPort(host, strconv.Itoa(l.Port))
+		for _, r := range l.Routes {
+			sni := ""
+			if l.Protocol == snapshot.ProtocolTLS {
+				sni = r.Host
+				if sni == "" || sni[0] == '*' {
+					continue
+				}
+			}
+			got, err := demo.Probe(ctx, addr, sni)
+			if err != nil {
+				log.Warn("demo probe failed", zap.String("listener", addr), zap.String("sni", sni), zap.Error(err))
+				continue
+			}
+			log.Info("demo probe: bytes flowed through tcpmapd", zap.String("listener", addr), zap.String("sni", sni),
+				zap.String("reply", got))
+		}
+	}
+}
+
+// Check loads and resolves the configuration, prints the listener table and
+// every problem to w, and returns the number of error problems.
+func Check(w io.Writer, opts Options) int {
+	snap, problems := manager.Load(opts.ConfigPaths, opts.ResolveOptions())
+	if err := snapshot.WriteTable(w, snap); err != nil {
+		fmt.Fprintln(w, "write table:", err)
+	}
+	errs := 0
+	if len(problems) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Problems:")
+	}
+	for _, p := range problems {
+		level := "error"
+		if p.IsWarning() {
+			level = "warning"
+		} else {
+			errs++
+		}
+		fmt.Fprintf(w, "  %s: %s\n", level, problemText(p))
+	}
+	fmt.Fprintf(w, "\n%d listener(s), %d error(s), %d warning(s)\n", len(snap.Listeners), errs, len(problems)-errs)
+	return errs
+}
+
+func problemText(p config.Problem) string {
+	s := p.Error()
+	if p.Origin.File == "" && p.Origin.Source != "" && p.Ref.Kind != "" {
+		s += " (" + p.Origin.Source + ")"
+	}
+	return s
+}

@@ -1,0 +1,280 @@
+// Package manager owns the desired state: it loads the configuration,
+// resolves it into a snapshot and turns each new snapshot into listener
+// changes, touching only what changed. Unchanged listeners, and every live
+// connection on them, are never disturbed by a reload.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"sort"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tcpmap/tcpmap/userspace/config"
+	"github.com/tcpmap/tcpmap/userspace/relay"
+	"github.com/tcpmap/tcpmap/userspace/resolve"
+	"github.com/tcpmap/tcpmap/userspace/snapshot"
+)
+
+// Options configure a Manager.
+type Options struct {
+	Logger *zap.Logger
+	// ConfigPaths are files or directories of YAML/JSON resources.
+	ConfigPaths []string
+	// Resolve carries the ambassador_id and service naming options.
+	Resolve resolve.Options
+	// Relay is the template for every listener's relay server.
+	Relay relay.Options
+	// DrainTimeout bounds how long connections of a removed listener (or of
+	// every listener at shutdown) may keep running.
+	DrainTimeout time.Duration
+}
+
+// Manager applies snapshots to running listeners.
+type Manager struct {
+	opts Options
+	log  *zap.Logger
+
+	mu       sync.Mutex
+	running  map[string]*runningListener // by snapshot.Listener.Key()
+	snap     snapshot.Snapshot
+	problems []config.Problem
+	closed   bool
+
+	draining sync.WaitGroup
+}
+
+type runningListener struct {
+	spec   snapshot.Listener
+	server *relay.Server
+	ln     net.Listener
+	served chan struct{} // closed when Serve returns
+}
+
+// New returns a manager with nothing running yet; call Reload.
+func New(opts Options) *Manager {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	return &Manager{
+		opts:    opts,
+		log:     opts.Logger,
+		running: make(map[string]*runningListener),
+	}
+}
+
+// Result summarises one reload.
+type Result struct {
+	Listeners int // listeners serving after the reload
+	Errors    int // error problems (discarded resources, unparsable files, failed binds)
+	Warnings  int
+}
+
+// Load reads and resolves the configuration without applying it: what
+// `tcpmapd check` prints.
+func Load(paths []string, opts resolve.Options) (snapshot.Snapshot, []config.Problem) {
+	resources, problems := config.Load(paths)
+	snap, more := resolve.Resolve(resources, opts)
+	return snap, append(problems, more...)
+}
+
+// Reload loads the configuration files, resolves them and applies the
+// result. Problems are logged and kept for Problems(); the valid rest is
+// served.
+func (m *Manager) Reload() Result {
+	snap, problems := Load(m.opts.ConfigPaths, m.opts.Resolve)
+	for _, p := range problems {
+		m.logProblem(p)
+	}
+	bindProblems := m.Apply(snap)
+	problems = append(problems, bindProblems...)
+
+	m.mu.Lock()
+	m.problems = problems
+	res := Result{Listeners: len(m.running)}
+	m.mu.Unlock()
+	for _, p := range problems {
+		if p.IsWarning() {
+			res.Warnings++
+		} else {
+			res.Errors++
+		}
+	}
+	return res
+}
+
+func (m *Manager) logProblem(p config.Problem) {
+	fields := []zap.Field{
+		zap.String("resource", p.Ref.String()),
+		zap.String("field", p.Field),
+		zap.String("reason", p.Reason),
+		zap.String("origin", p.Origin.String()),
+	}
+	if p.Ref.Kind == "" {
+		fields[0] = zap.String("resource", "")
+	}
+	if p.IsWarning() {
+		m.log.Warn("config problem", fields...)
+	} else {
+		m.log.Error("config problem", fields...)
+	}
+}
+
+// Apply makes the running listeners match snap. Listeners whose spec is
+// unchanged are left alone; changed ones get the new routes for new
+// connections; removed ones stop accepting at once and drain in the
+// background. A listener that cannot be opened is reported and skipped.
+func (m *Manager) Apply(snap snapshot.Snapshot) []config.Problem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	want := make(map[string]snapshot.Listener, len(snap.Listeners))
+	for _, l := range snap.Listeners {
+		want[l.Key()] = l
+	}
+
+	// Close removed listeners first so that their ports are free for a
+	// listener that moves between "all addresses" and one address.
+	for key, run := range m.running {
+		if _, ok := want[key]; !ok {
+			m.log.Info("listener removed; draining", zap.String("listener", key))
+			delete(m.running, key)
+			m.drain(run)
+		}
+	}
+
+	var problems []config.Problem
+	keys := make([]string, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, key := range keys {
+		spec := want[key]
+		if run, ok := m.running[key]; ok {
+			if reflect.DeepEqual(run.spec, spec) {
+				continue
+			}
+			if err := run.server.Update(spec); err != nil {
+				problems = append(problems, m.listenerProblem(spec, fmt.Errorf("update: %w", err)))
+				continue
+			}
+			run.spec = spec
+			m.log.Info("listener updated", zap.String("listener", key), zap.Int("routes", len(spec.Routes)))
+			continue
+		}
+		run, err := m.start(spec)
+		if err != nil {
+			problems = append(problems, m.listenerProblem(spec, err))
+			continue
+		}
+		m.running[key] = run
+	}
+	m.snap = snap
+	return problems
+}
+
+func (m *Manager) listenerProblem(l snapshot.Listener, err error) config.Problem {
+	p := config.Problem{Field: "port", Reason: fmt.Sprintf("listener %s: %v", l.Key(), err)}
+	for _, r := range l.Routes {
+		if len(r.Backends) > 0 {
+			p.Ref = r.Backends[0].Mapping
+			p.Field = "spec.port"
+			break
+		}
+	}
+	m.log.Error("listener failed", zap.String("listener", l.Key()), zap.Error(err))
+	return p
+}
+
+func (m *Manager) start(spec snapshot.Listener) (*runningListener, error) {
+	server, err := relay.NewServer(spec, m.opts.Relay)
+	if err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(context.Background(), "tcp", spec.BindAddress())
+	if err != nil {
+		return nil, err
+	}
+	run := &runningListener{spec: spec, server: server, ln: ln, served: make(chan struct{})}
+	go func() {
+		defer close(run.served)
+		if err := server.Serve(ln); err != nil {
+			m.log.Error("listener stopped", zap.String("listener", spec.Key()), zap.Error(err))
+		}
+	}()
+	m.log.Info("listening", zap.String("listener", spec.Key()), zap.String("protocol", string(spec.Protocol)),
+		zap.Int("routes", len(spec.Routes)))
+	return run, nil
+}
+
+// drain stops run accepting now and lets its connections finish within the
+// drain timeout, in the background.
+func (m *Manager) drain(run *runningListener) {
+	m.draining.Add(1)
+	go func() {
+		defer m.draining.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), m.opts.DrainTimeout)
+		defer cancel()
+		if err := run.server.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			m.log.Warn("drain", zap.String("listener", run.spec.Key()), zap.Error(err))
+		}
+		<-run.served
+	}()
+}
+
+// Shutdown stops every listener from accepting and waits for live
+// connections until ctx is done or the drain timeout passes.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	m.mu.Lock()
+	m.closed = true
+	for key, run := range m.running {
+		delete(m.running, key)
+		m.drain(run)
+	}
+	m.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { m.draining.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Problems returns the problems of the last reload.
+func (m *Manager) Problems() []config.Problem {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]config.Problem(nil), m.problems...)
+}
+
+// Snapshot returns the last applied snapshot.
+func (m *Manager) Snapshot() snapshot.Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.snap
+}
+
+// ListenerAddrs returns the bound address of every running listener, by key
+// (useful when a port is 0 in tests).
+func (m *Manager) ListenerAddrs() map[string]net.Addr {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]net.Addr, len(m.running))
+	for k, r := range m.running {
+		out[k] = r.ln.Addr()
+	}
+	return out
+}

@@ -3,6 +3,7 @@ module github.com/tcpmap/tcpmap
 go 1.26.8
 
 require (
+	github.com/pires/go-proxyproto v0.15.0 // indirect
 	github.com/spf13/pflag v1.1.0 // indirect
 	go.uber.org/goleak v1.3.0 // indirect
 	go.uber.org/multierr v1.10.0 // indirect

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"crypto/tls"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -19,6 +18,14 @@ type relayConn struct {
 	srv    *Server
 	client net.Conn // as accepted
 	start  time.Time
+	// clientAddr is the client as logs, stats and decisions know it: the
+	// source of the PROXY header when the listener requires one, else the
+	// socket peer.
+	clientAddr net.Addr
+	// prefix holds client bytes read past the PROXY header. The next
+	// stage takes them: the ClientHello peek on a TLS listener, else the
+	// client-to-upstream direction writes them first.
+	prefix []byte
 
 	// mu guards the fields a concurrent close (Server.Close, idle timer,
 	// the other direction) must see.
@@ -43,29 +50,26 @@ type relayConn struct {
 }
 
 func newRelayConn(s *Server, nc net.Conn) *relayConn {
-	c := &relayConn{srv: s, client: nc, start: time.Now()}
+	c := &relayConn{srv: s, client: nc, start: time.Now(), clientAddr: nc.RemoteAddr()}
 	c.down = endpoint{conn: nc, raw: nc}
 	c.down.tcp, _ = nc.(*net.TCPConn)
 	return c
 }
 
-// handle runs one connection: handshake, pick, dial, originate, copy. It
-// is the connection's first goroutine and copies client→upstream itself.
+// handle runs one connection: PROXY header, handshake, pick, circuit
+// breaker, dial, PROXY header out, originate, copy. It is the
+// connection's first goroutine and copies client→upstream itself.
 func (s *Server) handle(c *relayConn) {
 	defer s.untrack(c)
 	t := s.table.Load()
+	if t.listener.ProxyProtocol && !s.acceptProxy(c) {
+		return
+	}
 	rs := &t.routes[0]
 	if t.listener.Protocol == snapshot.ProtocolTLS {
-		tc := s.serverHandshake(c, t)
-		if tc == nil {
+		if rs = s.acceptTLS(c, t); rs == nil {
 			return
 		}
-		if rs = t.routeForSNI(tc.ConnectionState().ServerName); rs == nil {
-			// configForClient accepted this name on the same table.
-			c.close(false)
-			return
-		}
-		c.down.conn, c.down.tls = tc, tc
 	}
 
 	bs := rs.pick(s.rand)
@@ -77,6 +81,13 @@ func (s *Server) handle(c *relayConn) {
 	}
 	c.bs = bs
 	m := bs.counters
+	if reason, ok := rs.breaker.admit(rs.limits); !ok {
+		m.countRefusal(reason)
+		s.logTrip(c, rs, reason)
+		// Reset, as for a failed dial: no upstream will answer.
+		c.close(true)
+		return
+	}
 	m.total.Add(1)
 	m.active.Add(1)
 	defer m.active.Add(-1)
@@ -86,21 +97,36 @@ func (s *Server) handle(c *relayConn) {
 		timeout = snapshot.DefaultConnectTimeout
 	}
 	up, err := s.opts.Dialer.Dial(s.ctx, bs.backend.Upstream, timeout)
+	rs.breaker.dialed(err == nil)
 	if err != nil {
 		if !c.isClosed() { // not a dial cut short by Close
-			m.dialFailures.Add(1)
+			m.countRefusal(refuseDialFailed)
 			s.log.Warn("upstream dial failed", zap.Stringer("mapping", bs.backend.Mapping),
-				zap.String("upstream", bs.backend.Upstream.Address()), zap.Error(err))
+				zap.String("upstream", bs.backend.Upstream.Address()), zap.Stringer("client", c.clientAddr), zap.Error(err))
 		}
 		// Reset, not FIN: a client that already sent a request must not
 		// take an empty, clean end of stream for the answer.
 		c.close(true)
 		return
 	}
+	defer rs.breaker.release()
 	if !c.setUpstream(up) {
 		return
 	}
 	c.upstream = endpoint{conn: up, raw: up, tcp: up}
+	if v := bs.backend.SendProxyProtocol; v != 0 {
+		// Before TLS: the upstream reads the header off the socket, then
+		// speaks TLS.
+		if err := c.sendProxyHeader(up, v, s.hsTimeout); err != nil {
+			if !c.isClosed() {
+				m.countRefusal(refuseDialFailed)
+				s.log.Warn("sending PROXY header upstream failed", zap.Stringer("mapping", bs.backend.Mapping),
+					zap.String("upstream", bs.backend.Upstream.Address()), zap.Stringer("client", c.clientAddr), zap.Error(err))
+			}
+			c.close(true)
+			return
+		}
+	}
 	if bs.clientTLS != nil {
 		tc := tls.Client(up, bs.clientTLS)
 		// The deadline bounds the handshake without the goroutine that
@@ -108,9 +134,9 @@ func (s *Server) handle(c *relayConn) {
 		up.SetDeadline(time.Now().Add(s.hsTimeout))
 		if err := tc.Handshake(); err != nil {
 			if !c.isClosed() {
-				m.handshakeFailures.Add(1)
+				m.countRefusal(refuseUpstreamTLS)
 				s.log.Warn("upstream TLS handshake failed", zap.Stringer("mapping", bs.backend.Mapping),
-					zap.String("upstream", bs.backend.Upstream.Address()), zap.Error(err))
+					zap.String("upstream", bs.backend.Upstream.Address()), zap.Stringer("client", c.clientAddr), zap.Error(err))
 			}
 			c.close(true)
 			return
@@ -121,44 +147,96 @@ func (s *Server) handle(c *relayConn) {
 
 	c.relay(rs.route.IdleTimeout)
 	if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
-		ce.Write(zap.Stringer("client", c.client.RemoteAddr()), zap.Stringer("mapping", bs.backend.Mapping),
+		ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", bs.backend.Mapping),
 			zap.Int64("bytes_to_upstream", c.bytesUp), zap.Int64("bytes_to_client", c.bytesDn),
 			zap.Duration("duration", time.Since(c.start)))
 	}
 }
 
-// serverHandshake terminates the client's TLS, nil when it failed (the
-// connection is then closed and the failure counted).
-func (s *Server) serverHandshake(c *relayConn, t *table) *tls.Conn {
-	tc := tls.Server(c.client, t.serverTLS)
-	// A deadline rather than HandshakeContext: it also closes clients that
-	// connect and send nothing, and needs no extra goroutine.
+// logTrip logs a circuit breaker refusal at info, at most once per route
+// per tripLogInterval.
+func (s *Server) logTrip(c *relayConn, rs *routeState, reason refusal) {
+	trips, ok := rs.breaker.logTrip(time.Now())
+	if !ok {
+		return
+	}
+	s.log.Info("circuit breaker tripped: connection refused", zap.String("reason", string(reason)),
+		zap.String("host", rs.route.Host), zap.Stringer("mapping", c.bs.backend.Mapping),
+		zap.Stringer("client", c.clientAddr), zap.Int("trips", trips),
+		zap.Int("max_connections", rs.limits.maxConnections),
+		zap.Int("max_pending_requests", rs.limits.maxPending))
+}
+
+// acceptTLS peeks at the ClientHello, picks the route by its server name
+// and terminates TLS with that route's config. It returns nil when the
+// connection was closed: no route for the name (the client gets a fatal
+// unrecognized_name alert) or a failed handshake. Peek and handshake
+// together are bounded by the handshake timeout, which also closes
+// clients that connect and send nothing.
+func (s *Server) acceptTLS(c *relayConn, t *table) *routeState {
 	c.client.SetDeadline(time.Now().Add(s.hsTimeout))
-	err := tc.Handshake()
-	if err == nil {
-		c.client.SetDeadline(time.Time{})
-		return tc
+	src := &prefixConn{Conn: c.client, prefix: c.prefix}
+	c.prefix = nil
+	name, hello, err := peekHello(c.client, src)
+	if err != nil {
+		s.handshakeFailed(c, err, "")
+		return nil
 	}
-	if c.close(false) {
-		reason := classifyHandshake(err)
-		s.stats.countHandshake(reason)
-		lvl := zap.DebugLevel
-		if reason == reasonRejected {
-			// Policy failures (client certificate, version) are worth
-			// seeing; scanners and dropped clients are not.
-			lvl = zap.InfoLevel
+	rs := t.routeForSNI(name)
+	if rs == nil {
+		// RFC 6066: a server that recognises no name may end the
+		// handshake with a fatal unrecognized_name alert. Written by
+		// hand because crypto/tls only sends internal_error for a
+		// refusal from GetConfigForClient.
+		if c.isClosed() {
+			return nil
 		}
-		if ce := s.log.Check(lvl, "client TLS handshake failed"); ce != nil {
-			fields := []zap.Field{zap.String("reason", string(reason)),
-				zap.Stringer("client", c.client.RemoteAddr()), zap.Error(err)}
-			var sni *unknownSNIError
-			if errors.As(err, &sni) {
-				fields = append(fields, zap.String("sni", sni.name))
-			}
-			ce.Write(fields...)
+		c.client.Write(unrecognizedNameAlert)
+		if cw, ok := c.client.(closeWriter); ok {
+			// FIN after the alert, so it is not lost to a reset.
+			cw.CloseWrite()
 		}
+		s.handshakeFailed(c, nil, name)
+		return nil
 	}
-	return nil
+	tc := tls.Server(&prefixConn{Conn: c.client, prefix: hello}, rs.tls)
+	if err := tc.Handshake(); err != nil {
+		s.handshakeFailed(c, err, name)
+		return nil
+	}
+	c.client.SetDeadline(time.Time{})
+	c.down.conn, c.down.tls = tc, tc
+	return rs
+}
+
+// handshakeFailed closes a connection whose client handshake failed and,
+// unless the server closed it, counts and logs why. A nil err means no
+// route for sni.
+func (s *Server) handshakeFailed(c *relayConn, err error, sni string) {
+	if !c.close(false) {
+		return
+	}
+	reason := reasonUnknownSNI
+	if err != nil {
+		reason = classifyHandshake(err)
+	}
+	s.stats.countHandshake(reason)
+	lvl := zap.DebugLevel
+	if reason == reasonRejected {
+		// Policy failures (client certificate, version) are worth
+		// seeing; scanners and dropped clients are not.
+		lvl = zap.InfoLevel
+	}
+	if ce := s.log.Check(lvl, "client TLS handshake failed"); ce != nil {
+		fields := []zap.Field{zap.String("reason", string(reason)), zap.Stringer("client", c.clientAddr)}
+		if err != nil {
+			fields = append(fields, zap.Error(err))
+		}
+		if reason == reasonUnknownSNI || sni != "" {
+			fields = append(fields, zap.String("sni", sni))
+		}
+		ce.Write(fields...)
+	}
 }
 
 // setUpstream records the upstream socket so close reaches it; false (and

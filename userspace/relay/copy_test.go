@@ -30,6 +30,12 @@ var modes = []mode{
 // handshake done when m terminates).
 func setupMode(t *testing.T, m mode, handler func(net.Conn)) (*Server, func() net.Conn) {
 	t.Helper()
+	return setupModeWith(t, m, handler, nil)
+}
+
+// setupModeWith is setupMode with edit applied to the listener first.
+func setupModeWith(t *testing.T, m mode, handler func(net.Conn), edit func(*snapshot.Listener)) (*Server, func() net.Conn) {
+	t.Helper()
 	pki := newPKI(t)
 	var upCfg *tls.Config
 	if m.tlsOut {
@@ -44,6 +50,9 @@ func setupMode(t *testing.T, m mode, handler func(net.Conn)) (*Server, func() ne
 	if m.tlsIn {
 		cert, key := pki.issue(t, "relay", "relay.example.com")
 		l = tlsListener(tlsRoute("relay.example.com", &snapshot.TLSServer{CertPEM: cert, KeyPEM: key}, b))
+	}
+	if edit != nil {
+		edit(&l)
 	}
 	srv, l := startRelay(t, l, Options{})
 	addr := relayAddr(l)
@@ -258,33 +267,68 @@ func TestDialFailure(t *testing.T) {
 	dead := snapshot.Upstream{Host: "127.0.0.1", Port: port}
 	srv, l := startRelay(t, tcpListener(backend("dead", dead, 100)), Options{})
 	expectReset(t, relayAddr(l))
-	want := MappingStats{Total: 1, DialFailures: 1}
+	want := MappingStats{Total: 1, Refusals: Refusals{DialFailed: 1}}
 	waitFor(t, "dial failure counted", func() bool {
 		return srv.Stats().Mappings[mappingRef("dead")] == want
 	})
 }
 
-// TestIdleTimeout: a quiet connection is closed, a busy one is not.
+// TestIdleTimeout: in every mode, a quiet connection is closed on both
+// sides and counted; a busy one on the same mapping, with bytes flowing
+// one way at a time, is not.
 func TestIdleTimeout(t *testing.T) {
-	up := startUpstream(t, "up", nil, echo)
-	l := tcpListener(backend("up", up.addr(), 100))
-	l.Routes[0].IdleTimeout = 2 * time.Second
-	_, l = startRelay(t, l, Options{})
+	const idle = time.Second
+	for _, m := range modes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			upClosed := make(chan error, 2)
+			srv, connect := setupModeWith(t, m, func(c net.Conn) {
+				upClosed <- echoUntilEnd(c)
+			}, func(l *snapshot.Listener) { l.Routes[0].IdleTimeout = idle })
 
-	quiet := dial(t, relayAddr(l))
-	busy := dial(t, relayAddr(l))
-	closed := make(chan error, 1)
-	go func() {
-		_, err := quiet.Read(make([]byte, 1))
-		closed <- err
-	}()
-	// Keep busy talking for longer than the idle timeout.
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); {
-		echoRoundTrip(t, busy, "x")
-		time.Sleep(50 * time.Millisecond)
+			quiet, busy := connect(), connect()
+			echoRoundTrip(t, quiet, "hello") // fully connected, then silence
+			closed := make(chan error, 1)
+			go func() {
+				_, err := quiet.Read(make([]byte, 1))
+				closed <- err
+			}()
+			// Keep busy talking for well over the idle timeout: a ping,
+			// then the pong, then quiet for far less than the timeout.
+			for end := time.Now().Add(2*idle + idle/2); time.Now().Before(end); {
+				echoRoundTrip(t, busy, "x")
+				time.Sleep(idle / 20)
+			}
+			if err := <-closed; err != io.EOF {
+				t.Errorf("quiet connection read = %v, want EOF from the idle timeout", err)
+			}
+			if err := <-upClosed; err != nil {
+				t.Errorf("upstream of the quiet connection: %v, want EOF", err)
+			}
+			echoRoundTrip(t, busy, "still here")
+			if got := srv.Stats().Mappings[mappingRef("up")].IdleClosed; got != 1 {
+				t.Errorf("idle closes = %d, want 1", got)
+			}
+		})
 	}
-	if err := <-closed; err != io.EOF {
-		t.Errorf("quiet connection read = %v, want EOF from the idle timeout", err)
+}
+
+// echoUntilEnd echoes c and returns the read error that ended it, nil
+// for EOF.
+func echoUntilEnd(c net.Conn) error {
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
-	echoRoundTrip(t, busy, "still here")
 }

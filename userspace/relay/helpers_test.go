@@ -208,7 +208,13 @@ type upstream struct {
 // and waits for the handlers.
 func startUpstream(t testing.TB, name string, tlsCfg *tls.Config, handler func(net.Conn)) *upstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startUpstreamAt(t, "127.0.0.1", name, tlsCfg, handler)
+}
+
+// startUpstreamAt is startUpstream on another loopback address.
+func startUpstreamAt(t testing.TB, host, name string, tlsCfg *tls.Config, handler func(net.Conn)) *upstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,7 +266,7 @@ func startUpstream(t testing.TB, name string, tlsCfg *tls.Config, handler func(n
 
 func (u *upstream) addr() snapshot.Upstream {
 	a := u.ln.Addr().(*net.TCPAddr)
-	return snapshot.Upstream{Service: u.name, Host: "127.0.0.1", Port: a.Port, EnableIPv4: true}
+	return snapshot.Upstream{Service: u.name, Host: a.IP.String(), Port: a.Port, EnableIPv4: true, EnableIPv6: true}
 }
 
 // bannerEcho writes "name sni=S cn=C\n" (S and C from TLS, empty
@@ -341,11 +347,17 @@ func tlsListener(routes ...snapshot.Route) snapshot.Listener {
 // Update). Cleanup closes the server and checks Serve returned nil.
 func startRelay(t testing.TB, l snapshot.Listener, opts Options) (*Server, snapshot.Listener) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startRelayAt(t, "127.0.0.1", l, opts)
+}
+
+// startRelayAt is startRelay on another loopback address.
+func startRelayAt(t testing.TB, host string, l snapshot.Listener, opts Options) (*Server, snapshot.Listener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Address = "127.0.0.1"
+	l.Address = host
 	l.Port = ln.Addr().(*net.TCPAddr).Port
 	if opts.Dialer == nil {
 		opts.Dialer = testDialer{}

@@ -68,7 +68,10 @@ var bufPool = sync.Pool{New: func() any {
 // costs copies through userspace, which is acceptable for the few routes
 // that set idle_timeout_ms (extending socket deadlines instead would keep
 // splice but cannot tell one direction's silence from the other's
-// activity without extra wakeups).
+// activity without extra wakeups). The idle timer itself does not care
+// which path or protocol moves the bytes: every chunk read or written in
+// either direction resets it, so TLS on either side is covered the same
+// way and a connection with bytes flowing is never closed for idleness.
 func (c *relayConn) relay(idle time.Duration) {
 	c.splice = idle <= 0 && c.down.tls == nil && c.upstream.tls == nil &&
 		c.down.tcp != nil && c.upstream.tcp != nil
@@ -91,14 +94,19 @@ func (c *relayConn) pumpToClient() {
 // error as reset of both sides.
 func (c *relayConn) pump(dst, src *endpoint, toUpstream bool) {
 	var err error
-	if c.splice {
-		lr := &c.lr[0]
-		if !toUpstream {
-			lr = &c.lr[1]
+	if toUpstream && len(c.prefix) > 0 {
+		err = c.writePrefix(dst.conn)
+	}
+	if err == nil {
+		if c.splice {
+			lr := &c.lr[0]
+			if !toUpstream {
+				lr = &c.lr[1]
+			}
+			err = c.spliceCopy(dst.tcp, src.tcp, toUpstream, lr)
+		} else {
+			err = c.bufferCopy(dst.conn, src.conn, toUpstream)
 		}
-		err = c.spliceCopy(dst.tcp, src.tcp, toUpstream, lr)
-	} else {
-		err = c.bufferCopy(dst.conn, src.conn, toUpstream)
 	}
 	if err == nil {
 		closeWrite(dst)
@@ -110,10 +118,22 @@ func (c *relayConn) pump(dst, src *endpoint, toUpstream bool) {
 			if toUpstream {
 				dir = "client to upstream"
 			}
-			ce.Write(zap.Stringer("client", c.client.RemoteAddr()), zap.Stringer("mapping", c.bs.backend.Mapping),
+			ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
 				zap.String("direction", dir), zap.Error(err))
 		}
 	}
+}
+
+// writePrefix sends the client bytes that were read along with the PROXY
+// header, before the rest of the client's stream (spliced or buffered)
+// follows from the socket.
+func (c *relayConn) writePrefix(dst io.Writer) error {
+	c.touch()
+	n, err := dst.Write(c.prefix)
+	c.count(true, int64(n))
+	c.prefix = nil
+	c.touch()
+	return err
 }
 
 // spliceCopy moves bytes from src to dst with splice(2): TCPConn.ReadFrom
@@ -212,8 +232,9 @@ func (c *relayConn) checkIdle() {
 	}
 	c.mu.Unlock()
 	if c.close(false) {
+		c.bs.counters.idleClosed.Add(1)
 		if ce := c.srv.log.Check(zap.DebugLevel, "idle timeout"); ce != nil {
-			ce.Write(zap.Stringer("client", c.client.RemoteAddr()), zap.Stringer("mapping", c.bs.backend.Mapping),
+			ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
 				zap.Duration("idle_timeout", c.idleTimeout))
 		}
 	}

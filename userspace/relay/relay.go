@@ -3,6 +3,14 @@
 // backend picked by weight and copies bytes both ways, terminating and
 // originating TLS as the snapshot says.
 //
+// A connection goes through fixed stages: the PROXY protocol header when
+// the listener requires one (its source becomes the client address); on a
+// TLS listener a peek at the ClientHello to pick the route by SNI, then
+// the handshake with that route's certificate; the route's circuit
+// breaker; the dial; the PROXY header to the upstream when the mapping
+// sends one; TLS origination; the copy. Every decision (route, backend,
+// limits, timeouts) comes from the snapshot; the relay is the mechanism.
+//
 // One Server serves one snapshot.Listener. Cleartext on both sides is moved
 // with splice(2) (io.ReaderFrom between two *net.TCPConn); anything else
 // goes through a pooled 32 KiB buffer. Each connection costs at most two
@@ -50,8 +58,13 @@ type Options struct {
 	Dialer Dialer
 	// HandshakeTimeout bounds the client TLS handshake (a client that
 	// sends nothing is closed after it) and, separately, the upstream TLS
-	// handshake. Zero means DefaultHandshakeTimeout.
+	// handshake and the write of a PROXY header to the upstream. Zero
+	// means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// ProxyHeaderTimeout bounds the wait for the PROXY protocol header on
+	// listeners that require one; it runs before, and apart from, the
+	// TLS handshake timeout. Zero means DefaultProxyHeaderTimeout.
+	ProxyHeaderTimeout time.Duration
 	// Rand returns a uniform int in [0, n) for the weighted backend pick;
 	// connections call it concurrently. Nil means math/rand/v2.IntN.
 	Rand func(n int) int
@@ -69,7 +82,9 @@ type Server struct {
 	log       *zap.Logger
 	key       string
 	hsTimeout time.Duration
-	rand      func(int) int
+	// proxyTimeout bounds the PROXY header read.
+	proxyTimeout time.Duration
+	rand         func(int) int
 
 	table atomic.Pointer[table]
 	// updateMu serialises Updates so counters carry over from the table
@@ -115,6 +130,10 @@ func NewServer(l snapshot.Listener, opts Options) (*Server, error) {
 	}
 	if s.hsTimeout <= 0 {
 		s.hsTimeout = DefaultHandshakeTimeout
+	}
+	s.proxyTimeout = opts.ProxyHeaderTimeout
+	if s.proxyTimeout <= 0 {
+		s.proxyTimeout = DefaultProxyHeaderTimeout
 	}
 	if s.rand == nil {
 		s.rand = rand.IntN
@@ -303,13 +322,27 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// Stats returns the listener's counters and those of the mappings in the
-// current routes.
+// Stats returns the listener's counters and those of the routes and
+// mappings in the current table.
 func (s *Server) Stats() Stats {
 	t := s.table.Load()
 	st := Stats{
 		Listener: s.stats.snapshot(),
+		Routes:   make(map[string]RouteStats, len(t.routes)),
 		Mappings: make(map[config.Ref]MappingStats, len(t.mappings)),
+	}
+	for i := range t.routes {
+		rs := &t.routes[i]
+		active, pending := rs.breaker.counts()
+		st.Routes[rs.route.Host] = RouteStats{
+			Active:                  int64(active),
+			Pending:                 int64(pending),
+			MaxConnections:          rs.limits.maxConnections,
+			MaxPendingRequests:      rs.limits.maxPending,
+			Priority:                rs.limits.priority,
+			MaxConnectionsTrips:     rs.breaker.tripsMaxConn.Load(),
+			MaxPendingRequestsTrips: rs.breaker.tripsPending.Load(),
+		}
 	}
 	for ref, c := range t.mappings {
 		st.Mappings[ref] = c.snapshot()

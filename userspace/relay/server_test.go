@@ -247,8 +247,8 @@ func TestNewServerErrors(t *testing.T) {
 	orig.Origination = &snapshot.TLSClient{}
 	twoRoutes := tcpListener(backend("a", up, 100))
 	twoRoutes.Routes = append(twoRoutes.Routes, twoRoutes.Routes[0])
-	proxy := tcpListener(backend("a", up, 100))
-	proxy.ProxyProtocol = true
+	badProxy := backend("p", up, 100)
+	badProxy.SendProxyProtocol = 3
 
 	tests := []struct {
 		name string
@@ -267,7 +267,7 @@ func TestNewServerErrors(t *testing.T) {
 		{"no termination", tlsListener(tlsRoute("a.example.com", nil, backend("a", up, 100))),
 			Options{Dialer: testDialer{}, ServerTLS: testServerTLS}, "no TLS termination"},
 		{"two TCP routes", twoRoutes, Options{Dialer: testDialer{}}, "exactly one route"},
-		{"proxy protocol", proxy, Options{Dialer: testDialer{}}, "proxy_protocol"},
+		{"send-proxy-protocol 3", tcpListener(badProxy), Options{Dialer: testDialer{}}, "TCPMapping default/p: send-proxy-protocol 3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

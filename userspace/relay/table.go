@@ -11,29 +11,23 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
 
-// unknownSNIError fails a client handshake whose server name has no route.
-type unknownSNIError struct{ name string }
-
-func (e *unknownSNIError) Error() string {
-	return fmt.Sprintf("no route for server name %q", e.name)
-}
-
 // table is everything a new connection needs, built once per NewServer or
 // Update and swapped atomically: a connection loads it at accept time and
 // keeps it to the end, so an Update never changes a live connection.
 type table struct {
 	listener snapshot.Listener // private copy; routes[i].route points into it
 	routes   []routeState
-	// serverTLS is the config handed to tls.Server on a TLS listener; its
-	// GetConfigForClient returns the matching route's config.
-	serverTLS *tls.Config
-	mappings  map[config.Ref]*mappingCounters
+	mappings map[config.Ref]*mappingCounters
+	// breakers by route host; they carry over Update like mappings.
+	breakers map[string]*breaker
 }
 
 type routeState struct {
 	route    *snapshot.Route
 	tls      *tls.Config // termination; nil on TCP listeners
 	backends []backendState
+	limits   limits
+	breaker  *breaker
 }
 
 type backendState struct {
@@ -43,7 +37,7 @@ type backendState struct {
 }
 
 // buildTable validates l and builds its TLS configs. Counters of mappings
-// present in prev carry over.
+// and breakers of route hosts present in prev carry over.
 func buildTable(l snapshot.Listener, opts *Options, prev *table, log *zap.Logger) (*table, error) {
 	// Copy the slices so a caller that reuses its snapshot cannot change
 	// routes under live connections.
@@ -55,6 +49,7 @@ func buildTable(l snapshot.Listener, opts *Options, prev *table, log *zap.Logger
 		listener: l,
 		routes:   make([]routeState, len(l.Routes)),
 		mappings: make(map[config.Ref]*mappingCounters),
+		breakers: make(map[string]*breaker),
 	}
 	switch l.Protocol {
 	case snapshot.ProtocolTCP:
@@ -68,17 +63,13 @@ func buildTable(l snapshot.Listener, opts *Options, prev *table, log *zap.Logger
 	default:
 		return nil, fmt.Errorf("listener %s: protocol %q is not TCP or TLS", l.Key(), l.Protocol)
 	}
-	if l.ProxyProtocol {
-		// Accepting without parsing the header would hand the PROXY line
-		// to the upstream as data.
-		return nil, fmt.Errorf("listener %s: proxy_protocol is not supported by the userspace relay", l.Key())
-	}
-
 	var unverified []config.Ref
 	for i := range l.Routes {
 		r := &l.Routes[i]
 		rs := &t.routes[i]
 		rs.route = r
+		rs.limits = effectiveLimits(r.CircuitBreaker)
+		rs.breaker = t.breaker(r.Host, prev)
 		if l.Protocol == snapshot.ProtocolTLS {
 			if r.Termination == nil {
 				return nil, fmt.Errorf("listener %s: route %q: no TLS termination on a TLS listener", l.Key(), r.Host)
@@ -94,8 +85,8 @@ func buildTable(l snapshot.Listener, opts *Options, prev *table, log *zap.Logger
 			b := &r.Backends[j]
 			bs := &rs.backends[j]
 			bs.backend = b
-			if b.SendProxyProtocol != 0 {
-				return nil, fmt.Errorf("listener %s: %s: send-proxy-protocol %d is not supported by the userspace relay", l.Key(), b.Mapping, b.SendProxyProtocol)
+			if b.SendProxyProtocol < 0 || b.SendProxyProtocol > 2 {
+				return nil, fmt.Errorf("listener %s: %s: send-proxy-protocol %d: want 0 (none), 1 or 2", l.Key(), b.Mapping, b.SendProxyProtocol)
 			}
 			if b.Origination != nil {
 				if opts.ClientTLS == nil {
@@ -113,10 +104,6 @@ func buildTable(l snapshot.Listener, opts *Options, prev *table, log *zap.Logger
 			bs.counters = t.counters(b.Mapping, prev)
 		}
 	}
-	if l.Protocol == snapshot.ProtocolTLS {
-		t.serverTLS = &tls.Config{GetConfigForClient: t.configForClient}
-	}
-
 	// Warn only once the table is known good, so a rejected Update does
 	// not use up the one warning.
 	for _, ref := range unverified {
@@ -143,15 +130,21 @@ func (t *table) counters(ref config.Ref, prev *table) *mappingCounters {
 	return c
 }
 
-// configForClient picks the termination config by SNI. Returning an error
-// aborts the handshake, so the client sees an alert instead of a
-// certificate for some other name.
-func (t *table) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	rs := t.routeForSNI(hello.ServerName)
-	if rs == nil {
-		return nil, &unknownSNIError{name: hello.ServerName}
+// breaker returns the breaker of the route with host, the one of prev's
+// table when it had that host.
+func (t *table) breaker(host string, prev *table) *breaker {
+	if b, ok := t.breakers[host]; ok {
+		return b
 	}
-	return rs.tls, nil
+	var b *breaker
+	if prev != nil {
+		b = prev.breakers[host]
+	}
+	if b == nil {
+		b = new(breaker)
+	}
+	t.breakers[host] = b
+	return b
 }
 
 // routeForSNI maps a server name to its route state, nil for none.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,8 +64,9 @@ func TestSNIRouting(t *testing.T) {
 			}
 			c, err := dialTLS(t, relayAddr(l), cfg)
 			if tt.want == "" {
-				if err == nil {
-					t.Fatalf("handshake succeeded, want it to fail")
+				// RFC 6066: unrecognized_name, not internal_error.
+				if err == nil || !strings.Contains(err.Error(), "unrecognized name") {
+					t.Fatalf("handshake error = %v, want the unrecognized name alert", err)
 				}
 				// The relay counts, then logs.
 				waitFor(t, "handshake failure logged", func() bool {
@@ -121,7 +123,7 @@ func TestOrigination(t *testing.T) {
 			if tt.want == "" {
 				expectReset(t, relayAddr(l))
 				waitFor(t, "upstream handshake failure counted", func() bool {
-					return srv.Stats().Mappings[mappingRef("orig")].HandshakeFailures == 1
+					return srv.Stats().Mappings[mappingRef("orig")].Refusals.UpstreamTLSFailed == 1
 				})
 				return
 			}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/tcpmap/tcpmap/userspace/daemon"
 	"github.com/tcpmap/tcpmap/userspace/logging"
+	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
 
@@ -57,6 +58,7 @@ func run(args []string) (int, error) {
 	fs.StringVar(&opts.ClusterDomain, "cluster-domain", "", "when set (e.g. cluster.local), expand `name` and `name.namespace` services to `name.namespace.svc.DOMAIN`")
 	fs.StringVar(&opts.Datapath, "datapath", daemon.DatapathAuto, "auto, ebpf or userspace")
 	fs.DurationVar(&opts.HandshakeTimeout, "handshake-timeout", 10*time.Second, "TLS handshake deadline, client and upstream side")
+	fs.DurationVar(&opts.ProxyHeaderTimeout, "proxy-header-timeout", relay.DefaultProxyHeaderTimeout, "deadline for the PROXY protocol header on listeners that require one")
 	fs.DurationVar(&opts.ConnectTimeout, "connect-timeout", snapshot.DefaultConnectTimeout, "upstream connect deadline (annotation tcpmap.io/connect-timeout-ms overrides per mapping)")
 	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long live connections may finish after SIGTERM or removal of their listener")
 	fs.DurationVar(&opts.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")

@@ -41,6 +41,7 @@ type Options struct {
 	ClusterDomain       string
 	Datapath            string
 	HandshakeTimeout    time.Duration
+	ProxyHeaderTimeout  time.Duration
 	ConnectTimeout      time.Duration
 	DrainTimeout        time.Duration
 	DNSTTL              time.Duration
@@ -102,11 +103,12 @@ func Run(ctx context.Context, opts Options) error {
 		ConfigPaths: opts.ConfigPaths,
 		Resolve:     opts.ResolveOptions(),
 		Relay: relay.Options{
-			Logger:           log.Named("relay"),
-			Dialer:           dialer,
-			HandshakeTimeout: opts.HandshakeTimeout,
-			ServerTLS:        tlsconfig.ServerConfig,
-			ClientTLS:        tlsconfig.ClientConfig,
+			Logger:             log.Named("relay"),
+			Dialer:             dialer,
+			HandshakeTimeout:   opts.HandshakeTimeout,
+			ProxyHeaderTimeout: opts.ProxyHeaderTimeout,
+			ServerTLS:          tlsconfig.ServerConfig,
+			ClientTLS:          tlsconfig.ClientConfig,
 		},
 		DrainTimeout: opts.DrainTimeout,
 	})

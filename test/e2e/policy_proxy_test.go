@@ -252,8 +252,9 @@ func TestPolicyProxyProtocol(t *testing.T) {
 		defer wg.Wait()
 		for _, s := range []struct{ name, prefix string }{
 			{"no header at all", ""},
-			// go-proxyproto drops a v1 header that does not arrive in
-			// one read at once, as the spec allows; either way it closes.
+			// A v1 header in pieces is waited for (the relay is
+			// tolerant, as the spec recommends) until the header
+			// deadline closes it.
 			{"a v1 header cut short", "PROXY TCP4 203.0.113.21 "},
 			{"a v2 signature only", "\r\n\r\n\x00\r\nQUIT\n"},
 		} {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"net"
 	"os"
@@ -45,6 +46,7 @@ func readProxyHeader(conn net.Conn, timeout time.Duration) (client net.Addr, res
 		br.Reset(nil)
 		proxyReaders.Put(br)
 	}()
+	bufferV1Line(br)
 	h, err := proxyproto.Read(br)
 	if err != nil {
 		return nil, nil, err
@@ -61,6 +63,30 @@ func readProxyHeader(conn net.Conn, timeout time.Duration) (client net.Addr, res
 		return nil, nil, err
 	}
 	return client, rest, nil
+}
+
+// v1MaxLine is the longest PROXY v1 header, CRLF included.
+const v1MaxLine = 107
+
+// bufferV1Line makes sure a PROXY v1 header that arrives in pieces is
+// wholly buffered before go-proxyproto parses it: the library refuses a v1
+// line that is not in its first read, which the spec permits but advises
+// against. Tolerance costs nothing here because the header deadline already
+// bounds a slow sender. It stops at the line's end, at v1MaxLine bytes, as
+// soon as the bytes cannot be a v1 header, or on a read error (which
+// proxyproto.Read then reports).
+func bufferV1Line(br *bufio.Reader) {
+	const sig = "PROXY "
+	for n := 1; n <= v1MaxLine; n = br.Buffered() + 1 {
+		b, err := br.Peek(n)
+		if err != nil {
+			return
+		}
+		k := min(len(b), len(sig))
+		if string(b[:k]) != sig[:k] || bytes.IndexByte(b, '\n') >= 0 {
+			return
+		}
+	}
 }
 
 // headerClient is the client address a parsed header carries, nil when

@@ -432,3 +432,35 @@ func FuzzProxyHeader(f *testing.F) {
 		}
 	})
 }
+
+// TestProxyV1HeaderInPieces: a v1 header split across TCP segments (the
+// spec lets receivers refuse it but recommends tolerance) is reassembled
+// within the header deadline, and nothing after it is lost.
+func TestProxyV1HeaderInPieces(t *testing.T) {
+	up := startUpstream(t, "up", nil, proxyReport(nil))
+	b := backend("m", up.addr(), 100)
+	b.SendProxyProtocol = 2
+	l := tcpListener(b)
+	l.ProxyProtocol = true
+	_, l = startRelay(t, l, Options{})
+
+	c := dial(t, relayAddr(l))
+	header := proxyHeader(t, 1, "192.0.2.10:4242", "198.51.100.1:443")
+	for _, piece := range [][]byte{header[:3], header[3:20], header[20 : len(header)-1]} {
+		if _, err := c.Write(piece); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // separate segments
+	}
+	if _, err := c.Write(append(header[len(header)-1:], "payload\n"...)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	want := fmt.Sprintf("src=192.0.2.10:4242 dst=%s", relayAddr(l))
+	if got, err := br.ReadString('\n'); err != nil || got[:len(got)-1] != want {
+		t.Fatalf("upstream says %q (%v), want %q", got, err, want)
+	}
+	if got, err := br.ReadString('\n'); err != nil || got != "payload\n" {
+		t.Fatalf("echo of the payload after the header = %q, %v", got, err)
+	}
+}

@@ -3,6 +3,7 @@ module github.com/tcpmap/tcpmap
 go 1.26.8
 
 require (
+	github.com/cilium/ebpf v0.22.0 // indirect
 	github.com/pires/go-proxyproto v0.15.0 // indirect
 	github.com/spf13/pflag v1.1.0 // indirect
 	go.uber.org/goleak v1.3.0 // indirect
@@ -12,3 +13,5 @@ require (
 	golang.org/x/sys v0.50.0 // indirect
 	sigs.k8s.io/json v0.0.0-20260909141634-11ed52e25bc5 // indirect
 )
+
+tool github.com/cilium/ebpf/cmd/bpf2go

@@ -29,9 +29,12 @@ type relayConn struct {
 
 	// mu guards the fields a concurrent close (Server.Close, idle timer,
 	// the other direction) must see.
-	mu        sync.Mutex
-	closed    bool
-	up        *net.TCPConn
+	mu     sync.Mutex
+	closed bool
+	up     *net.TCPConn
+	// spliced is set once the kernel datapath owns the sockets; closing
+	// then goes through it.
+	spliced   SplicedConn
 	idleTimer *time.Timer
 
 	down, upstream endpoint
@@ -60,7 +63,14 @@ func newRelayConn(s *Server, nc net.Conn) *relayConn {
 // breaker, dial, PROXY header out, originate, copy. It is the
 // connection's first goroutine and copies client→upstream itself.
 func (s *Server) handle(c *relayConn) {
-	defer s.untrack(c)
+	// Once the kernel owns a connection, its end (not this function's)
+	// releases what the connection holds; handedOff skips the defers.
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.untrack(c)
+		}
+	}()
 	t := s.table.Load()
 	if t.listener.ProxyProtocol && !s.acceptProxy(c) {
 		return
@@ -90,7 +100,11 @@ func (s *Server) handle(c *relayConn) {
 	}
 	m.total.Add(1)
 	m.active.Add(1)
-	defer m.active.Add(-1)
+	defer func() {
+		if !handedOff {
+			m.active.Add(-1)
+		}
+	}()
 
 	timeout := rs.route.ConnectTimeout
 	if timeout <= 0 {
@@ -109,7 +123,11 @@ func (s *Server) handle(c *relayConn) {
 		c.close(true)
 		return
 	}
-	defer rs.breaker.release()
+	defer func() {
+		if !handedOff {
+			rs.breaker.release()
+		}
+	}()
 	if !c.setUpstream(up) {
 		return
 	}
@@ -143,6 +161,21 @@ func (s *Server) handle(c *relayConn) {
 		}
 		up.SetDeadline(time.Time{})
 		c.upstream.conn, c.upstream.tls = tc, tc
+	}
+
+	if s.opts.Splicer != nil && c.down.tcp != nil && t.listener.SpliceEligible(bs.backend) {
+		finish := func() {
+			m.active.Add(-1)
+			rs.breaker.release()
+			s.untrack(c)
+		}
+		switch s.kernelSplice(c, up, rs.route.IdleTimeout, finish) {
+		case spliceHanded:
+			handedOff = true
+			return
+		case spliceFailed:
+			return
+		}
 	}
 
 	c.relay(rs.route.IdleTimeout)
@@ -273,7 +306,14 @@ func (c *relayConn) close(reset bool) bool {
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
 	}
+	sc := c.spliced
 	c.mu.Unlock()
+	if sc != nil {
+		// The kernel datapath owns the sockets; it closes them and
+		// reports the end through done.
+		sc.Close(reset)
+		return true
+	}
 	if reset {
 		if c.down.tcp != nil {
 			c.down.tcp.SetLinger(0)

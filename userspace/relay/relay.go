@@ -73,6 +73,10 @@ type Options struct {
 	// ClientTLS builds the origination config of a backend. The config
 	// decides SNI and verification; the relay uses it as is.
 	ClientTLS func(*snapshot.TLSClient) (*tls.Config, error)
+	// Splicer, when set, takes over the connections of cleartext
+	// passthrough backends after the dial: the kernel moves their bytes.
+	// Nil relays everything in this process.
+	Splicer Splicer
 }
 
 // Server relays the connections of one listener. Its methods are safe for

@@ -99,13 +99,21 @@ type MappingStats struct {
 	Active int64
 	// Total counts connections admitted by the circuit breakers (the
 	// dial was attempted); refusals are not in it.
-	Total           uint64
+	Total uint64
+	// BytesToUpstream and BytesToClient are the bytes this process moved
+	// (relayed connections, and the hand-off bytes of spliced ones).
 	BytesToUpstream uint64
 	BytesToClient   uint64
+	// Spliced counts connections handed to the kernel datapath;
+	// SpliceDeclined those it refused (relayed here instead).
+	Spliced, SpliceDeclined uint64
+	// KernelBytesToUpstream and KernelBytesToClient are the bytes the
+	// kernel datapath moved, added when each spliced connection ends.
+	KernelBytesToUpstream, KernelBytesToClient uint64
 	// Refusals counts connections closed without relaying, by reason.
 	Refusals Refusals
-	// IdleClosed counts relayed connections closed by the route's idle
-	// timeout.
+	// IdleClosed counts connections (relayed or spliced) closed by the
+	// route's idle timeout.
 	IdleClosed uint64
 }
 
@@ -174,6 +182,10 @@ type mappingCounters struct {
 	refusedMaxConn, refusedPending atomic.Uint64
 	dialFailed, upstreamTLSFailed  atomic.Uint64
 	idleClosed                     atomic.Uint64
+	// Kernel datapath: connections handed to it, attempts it declined,
+	// and the bytes it moved (counted when each connection ends).
+	spliced, spliceDeclined                    atomic.Uint64
+	kernelBytesToUpstream, kernelBytesToClient atomic.Uint64
 	// warnedUnverified makes the "upstream certificate not verified"
 	// warning appear once per mapping, not once per Update.
 	warnedUnverified atomic.Bool
@@ -191,7 +203,11 @@ func (c *mappingCounters) snapshot() MappingStats {
 			DialFailed:         c.dialFailed.Load(),
 			UpstreamTLSFailed:  c.upstreamTLSFailed.Load(),
 		},
-		IdleClosed: c.idleClosed.Load(),
+		IdleClosed:            c.idleClosed.Load(),
+		Spliced:               c.spliced.Load(),
+		SpliceDeclined:        c.spliceDeclined.Load(),
+		KernelBytesToUpstream: c.kernelBytesToUpstream.Load(),
+		KernelBytesToClient:   c.kernelBytesToClient.Load(),
 	}
 }
 

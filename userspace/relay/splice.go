@@ -1,0 +1,102 @@
+package relay
+
+import (
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tcpmap/tcpmap/userspace/config"
+)
+
+// Splicer hands a cleartext connection's bytes to the kernel (the eBPF
+// sockmap datapath). The relay still accepts, reads any PROXY header,
+// picks the backend, applies the circuit breaker and dials; from then on
+// the kernel moves the payload and the relay only hears how it ended.
+type Splicer interface {
+	// Splice takes ownership of both connections. done is called exactly
+	// once, from any goroutine, when both directions have finished or the
+	// connection was closed. On error nothing was taken: the relay copies
+	// the bytes itself.
+	Splice(client, upstream *net.TCPConn, info SpliceInfo, done func(SpliceResult)) (SplicedConn, error)
+}
+
+// SpliceInfo is what the kernel datapath needs to know of a connection.
+type SpliceInfo struct {
+	Mapping     config.Ref
+	IdleTimeout time.Duration
+}
+
+// SpliceResult is how a spliced connection ended.
+type SpliceResult struct {
+	// Bytes moved by the kernel (or by the datapath's own fallback copy
+	// under back-pressure), each way.
+	BytesToUpstream, BytesToClient int64
+	IdleClosed                     bool
+	Reset                          bool
+}
+
+// SplicedConn is a connection the kernel datapath owns.
+type SplicedConn interface {
+	// Close ends the connection now (with RST when reset); done follows.
+	Close(reset bool)
+}
+
+// spliceOutcome says what became of an attempt to splice.
+type spliceOutcome int
+
+const (
+	spliceDeclined spliceOutcome = iota // relay it here
+	spliceHanded                        // the kernel owns it
+	spliceFailed                        // closed; nothing more to do
+)
+
+// kernelSplice writes the client bytes already read (behind a PROXY
+// header) to the upstream, so that they precede everything the kernel will
+// move, then hands both sockets over. finish runs once the spliced
+// connection has ended.
+func (s *Server) kernelSplice(c *relayConn, up *net.TCPConn, idle time.Duration, finish func()) spliceOutcome {
+	if len(c.prefix) > 0 {
+		if err := c.writePrefix(up); err != nil {
+			c.close(true)
+			return spliceFailed
+		}
+	}
+	m := c.bs.counters
+	done := func(r SpliceResult) {
+		m.kernelBytesToUpstream.Add(uint64(max(r.BytesToUpstream, 0)))
+		m.kernelBytesToClient.Add(uint64(max(r.BytesToClient, 0)))
+		if r.IdleClosed {
+			m.idleClosed.Add(1)
+		}
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+			ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
+				zap.String("datapath", "kernel"), zap.Int64("bytes_to_upstream", r.BytesToUpstream),
+				zap.Int64("bytes_to_client", r.BytesToClient), zap.Bool("idle_closed", r.IdleClosed),
+				zap.Bool("reset", r.Reset), zap.Duration("duration", time.Since(c.start)))
+		}
+		finish()
+	}
+	sc, err := s.opts.Splicer.Splice(c.down.tcp, up, SpliceInfo{Mapping: c.bs.backend.Mapping, IdleTimeout: idle}, done)
+	if err != nil {
+		m.spliceDeclined.Add(1)
+		if ce := s.log.Check(zap.DebugLevel, "kernel splice declined; relaying in userspace"); ce != nil {
+			ce.Write(zap.Stringer("mapping", c.bs.backend.Mapping), zap.Error(err))
+		}
+		return spliceDeclined
+	}
+	m.spliced.Add(1)
+	c.mu.Lock()
+	closed := c.closed
+	if !closed {
+		c.spliced = sc
+	}
+	c.mu.Unlock()
+	if closed { // Server.Close raced the hand-off: end it here
+		sc.Close(false)
+	}
+	return spliceHanded
+}

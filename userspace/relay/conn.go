@@ -47,9 +47,17 @@ type relayConn struct {
 	// Per-direction state, each written only by its own direction and
 	// read after wg.Wait. Keeping the LimitedReaders here saves two
 	// allocations per connection on the splice path.
-	lr               [2]io.LimitedReader
-	bytesUp, bytesDn int64
-	wg               sync.WaitGroup
+	lr [2]io.LimitedReader
+	// bytesUp and bytesDn are the bytes this process moved each way;
+	// atomic because Conns reads them while the directions write.
+	bytesUp, bytesDn atomic.Int64
+	// datapath says how the bytes move, for Conns: set once before
+	// copying starts, read concurrently.
+	datapath atomic.Pointer[string]
+	// spliceWhy says why a cleartext connection stayed in userspace
+	// (no kernel datapath, or it declined).
+	spliceWhy string
+	wg        sync.WaitGroup
 }
 
 func newRelayConn(s *Server, nc net.Conn) *relayConn {
@@ -181,7 +189,7 @@ func (s *Server) handle(c *relayConn) {
 	c.relay(rs.route.IdleTimeout)
 	if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
 		ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", bs.backend.Mapping),
-			zap.Int64("bytes_to_upstream", c.bytesUp), zap.Int64("bytes_to_client", c.bytesDn),
+			zap.Int64("bytes_to_upstream", c.bytesUp.Load()), zap.Int64("bytes_to_client", c.bytesDn.Load()),
 			zap.Duration("duration", time.Since(c.start)))
 	}
 }

@@ -75,6 +75,7 @@ var bufPool = sync.Pool{New: func() any {
 func (c *relayConn) relay(idle time.Duration) {
 	c.splice = idle <= 0 && c.down.tls == nil && c.upstream.tls == nil &&
 		c.down.tcp != nil && c.upstream.tcp != nil
+	c.setDatapath(c.relayDatapath(idle))
 	if idle > 0 {
 		c.startIdle(idle)
 	}
@@ -188,11 +189,11 @@ func (c *relayConn) count(toUpstream bool, n int64) {
 		return
 	}
 	if toUpstream {
-		c.bytesUp += n
+		c.bytesUp.Add(n)
 		c.bs.counters.bytesToUpstream.Add(uint64(n))
 		c.srv.stats.bytesToUpstream.Add(uint64(n))
 	} else {
-		c.bytesDn += n
+		c.bytesDn.Add(n)
 		c.bs.counters.bytesToClient.Add(uint64(n))
 		c.srv.stats.bytesToClient.Add(uint64(n))
 	}

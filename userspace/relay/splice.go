@@ -83,12 +83,14 @@ func (s *Server) kernelSplice(c *relayConn, up *net.TCPConn, idle time.Duration,
 	sc, err := s.opts.Splicer.Splice(c.down.tcp, up, SpliceInfo{Mapping: c.bs.backend.Mapping, IdleTimeout: idle}, done)
 	if err != nil {
 		m.spliceDeclined.Add(1)
+		c.spliceWhy = "kernel splice declined: " + err.Error()
 		if ce := s.log.Check(zap.DebugLevel, "kernel splice declined; relaying in userspace"); ce != nil {
 			ce.Write(zap.Stringer("mapping", c.bs.backend.Mapping), zap.Error(err))
 		}
 		return spliceDeclined
 	}
 	m.spliced.Add(1)
+	c.setDatapath(DatapathKernel + "|cleartext passthrough spliced by the kernel")
 	c.mu.Lock()
 	closed := c.closed
 	if !closed {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
@@ -174,4 +176,47 @@ func TestServerCloseEndsSplicedConnections(t *testing.T) {
 func isReset(err error) bool {
 	var ne *net.OpError
 	return errors.As(err, &ne)
+}
+
+func TestConnsReportDatapathAndWhy(t *testing.T) {
+	sp := &copySplicer{}
+	up := startUpstream(t, "up", nil, bannerEcho("up"))
+	relayed, lr := startRelay(t, tcpListener(backend("r", up.addr(), 100)), Options{})
+	spliced, ls := startRelay(t, tcpListener(backend("k", up.addr(), 100)), Options{Splicer: sp})
+	idle := tcpListener(backend("i", up.addr(), 100))
+	idle.Routes[0].IdleTimeout = time.Minute
+	idled, li := startRelay(t, idle, Options{Splicer: sp})
+
+	for _, addr := range []string{relayAddr(lr), relayAddr(ls), relayAddr(li)} {
+		c := dial(t, addr)
+		readLine(t, c)
+		echoRoundTrip(t, c, "x")
+	}
+	tests := []struct {
+		srv          *Server
+		mapping      string
+		datapath     string
+		whyContains  string
+		wantUpstream int64 // bytes this process moved to the upstream
+	}{
+		// splice(2) counts per 1 MiB chunk or at the end of a direction,
+		// so a live two-byte exchange shows 0 yet.
+		{relayed, "r", DatapathRelaySplice, "cleartext", 0},
+		{spliced, "k", DatapathKernel, "kernel", 0},
+		{idled, "i", DatapathRelayCopy, "idle timeout", 2},
+	}
+	for _, tt := range tests {
+		var got []ConnInfo
+		waitFor(t, "byte counters of "+tt.mapping, func() bool {
+			got = tt.srv.Conns()
+			return len(got) == 1 && got[0].BytesToUpstream == tt.wantUpstream
+		})
+		c := got[0]
+		if c.Mapping != mappingRef(tt.mapping) || c.Datapath != tt.datapath || !strings.Contains(c.Why, tt.whyContains) {
+			t.Errorf("%s: conn %+v, want datapath %s why ~%q", tt.mapping, c, tt.datapath, tt.whyContains)
+		}
+		if (c.Spliced != nil) != (tt.datapath == DatapathKernel) {
+			t.Errorf("%s: Spliced handle %v for datapath %s", tt.mapping, c.Spliced, c.Datapath)
+		}
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/daemon"
 	"github.com/tcpmap/tcpmap/userspace/logging"
 	"github.com/tcpmap/tcpmap/userspace/relay"
@@ -62,6 +63,7 @@ func run(args []string) (int, error) {
 	fs.DurationVar(&opts.ConnectTimeout, "connect-timeout", snapshot.DefaultConnectTimeout, "upstream connect deadline (annotation tcpmap.io/connect-timeout-ms overrides per mapping)")
 	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long live connections may finish after SIGTERM or removal of their listener")
 	fs.DurationVar(&opts.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")
+	fs.StringVar(&opts.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
 	fs.StringVar(&opts.DemoUpstream, "demo-upstream", "", "start the built-in demo echo upstream on this address (for `make run`)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "json", "json or console")

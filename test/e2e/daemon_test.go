@@ -59,7 +59,9 @@ type daemon struct {
 
 // daemonArgs are the flags every test passes; extra flags come after.
 func daemonArgs(configs []string, extra ...string) []string {
-	args := []string{"--datapath", "userspace", "--log-format", "json", "--log-level", "debug"}
+	// No admin socket by default: parallel daemons would contend for the
+	// default path. Tests of tcpmapctl pass their own (the last flag wins).
+	args := []string{"--datapath", "userspace", "--log-format", "json", "--log-level", "debug", "--admin-socket", ""}
 	for _, c := range configs {
 		args = append(args, "--config", c)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/config"
 	"github.com/tcpmap/tcpmap/userspace/demo"
 	"github.com/tcpmap/tcpmap/userspace/manager"
@@ -45,6 +46,8 @@ type Options struct {
 	ConnectTimeout      time.Duration
 	DrainTimeout        time.Duration
 	DNSTTL              time.Duration
+	// AdminSocket is the admin API's unix socket; empty disables it.
+	AdminSocket string
 	// DemoUpstream, when set, starts the built-in echo upstream on this
 	// address and probes every cleartext listener once through tcpmapd.
 	DemoUpstream string
@@ -118,6 +121,22 @@ func Run(ctx context.Context, opts Options) error {
 	defer signal.Stop(hup)
 
 	res := m.Reload()
+	if opts.AdminSocket != "" {
+		// Traffic matters more than inspection: without its admin socket
+		// the daemon still serves, and says so loudly.
+		srv := api.NewServer(&admin{m: m, datapath: dp, reason: why}, log.Named("api"))
+		if err := srv.Listen(opts.AdminSocket); err != nil {
+			log.Error("admin API unavailable; serving without it", zap.Error(err))
+		} else {
+			go func() {
+				if err := srv.Serve(); err != nil {
+					log.Error("admin API stopped", zap.Error(err))
+				}
+			}()
+			defer srv.Close()
+			log.Info("admin API listening", zap.String("socket", opts.AdminSocket))
+		}
+	}
 	log.Info("ready", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 	if opts.DemoUpstream != "" {
 		go probeDemo(ctx, log.Named("demo"), m.Snapshot())

@@ -278,3 +278,40 @@ func (m *Manager) ListenerAddrs() map[string]net.Addr {
 	}
 	return out
 }
+
+// ListenerStats is one running listener's spec and counters.
+type ListenerStats struct {
+	Spec  snapshot.Listener
+	Stats relay.Stats
+}
+
+// Stats returns every running listener's counters, sorted by key.
+func (m *Manager) Stats() []ListenerStats {
+	m.mu.Lock()
+	runs := make([]*runningListener, 0, len(m.running))
+	for _, r := range m.running {
+		runs = append(runs, r)
+	}
+	m.mu.Unlock()
+	sort.Slice(runs, func(i, j int) bool { return runs[i].spec.Key() < runs[j].spec.Key() })
+	out := make([]ListenerStats, 0, len(runs))
+	for _, r := range runs {
+		out = append(out, ListenerStats{Spec: r.spec, Stats: r.server.Stats()})
+	}
+	return out
+}
+
+// Conns lists the live connections of every running listener.
+func (m *Manager) Conns() []relay.ConnInfo {
+	m.mu.Lock()
+	runs := make([]*runningListener, 0, len(m.running))
+	for _, r := range m.running {
+		runs = append(runs, r)
+	}
+	m.mu.Unlock()
+	var out []relay.ConnInfo
+	for _, r := range runs {
+		out = append(out, r.server.Conns()...)
+	}
+	return out
+}

@@ -196,8 +196,17 @@ func (d *Dialer) connect(ctx context.Context, target string, port uint16, famili
 		for j, a := range fam {
 			ap := netip.AddrPortFrom(a, port)
 			attemptCtx, cancel, budget := partial(famCtx, len(fam)-j)
-			conn, err := d.net.DialTCP(attemptCtx, "tcp", netip.AddrPort{}, ap)
+			// DialContext, not DialTCP with a zero local AddrPort: that
+			// binds 0.0.0.0:0 before connecting, and a port picked by
+			// bind() cannot be shared with TIME_WAIT sockets the way
+			// connect()'s own choice can, so under connection churn dials
+			// fail with EADDRINUSE.
+			nc, err := d.net.DialContext(attemptCtx, "tcp", ap.String())
 			cancel()
+			var conn *net.TCPConn
+			if err == nil {
+				conn = nc.(*net.TCPConn)
+			}
 			if err == nil {
 				famCancel()
 				if len(attempts) > 0 {

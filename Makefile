@@ -8,7 +8,7 @@ PKGS    := ./...
 # eating CI's budget.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test unit e2e run lint fmt vet clean
+.PHONY: all build test unit e2e run bench lint fmt vet clean
 
 all: build
 
@@ -28,6 +28,13 @@ e2e:
 ## run: tcpmapd with deploy/examples and the built-in demo upstream on 127.0.0.1:7001
 run: build
 	$(BIN)/tcpmapd --config deploy/examples --demo-upstream 127.0.0.1:7001 --log-format console
+
+## bench: tcpmapd (both datapaths) against direct, HAProxy and a Go relay on loopback,
+## one table with ratios to direct (test/bench); BENCH_FLAGS="--quick" for a smoke run.
+## Installs nothing: without haproxy on PATH or in /usr/sbin its column is skipped.
+BENCH_FLAGS ?=
+bench:
+	$(GO) run ./test/bench $(BENCH_FLAGS)
 
 lint: fmt vet
 

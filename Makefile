@@ -36,6 +36,19 @@ BENCH_FLAGS ?=
 bench:
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 
+## generate: rebuild the BPF object and its Go bindings (needs clang-14, llvm-14, libbpf-dev)
+.PHONY: generate check-generate
+generate:
+	$(GO) generate ./...
+
+## check-generate: fail when the committed BPF object or bindings differ from what the sources build
+BPF_GENERATED := datapath/splice_bpfel.go datapath/splice_bpfel.o
+check-generate: generate
+	@git ls-files --error-unmatch $(BPF_GENERATED) >/dev/null || \
+		{ echo "generated BPF files are not committed: $(BPF_GENERATED)"; exit 1; }
+	@git diff --exit-code --stat -- $(BPF_GENERATED) || \
+		{ echo "generated BPF files differ from the committed ones: run make generate with clang-14 and commit"; exit 1; }
+
 lint: fmt vet
 
 fmt:

@@ -15,9 +15,13 @@ all: build
 build:
 	$(GO) build -o $(BIN)/tcpmapd ./cmd/tcpmapd
 
-## test: everything, unit and end-to-end (e2e needs root; it skips otherwise, fails under CI=true)
+## test: everything, unit and end-to-end (e2e needs root; it skips otherwise, fails under CI=true).
+## The end-to-end suite runs twice: once as it is (userspace relay) and once
+## with every daemon on the eBPF kernel splice, so each behaviour is checked
+## on both datapaths.
 test:
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	E2E_DATAPATH=ebpf $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/
 
 unit:
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /test/)

@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpmap/tcpmap/datapath"
 	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/daemon"
 	"github.com/tcpmap/tcpmap/userspace/logging"
@@ -63,6 +66,8 @@ func run(args []string) (int, error) {
 	fs.DurationVar(&opts.ConnectTimeout, "connect-timeout", snapshot.DefaultConnectTimeout, "upstream connect deadline (annotation tcpmap.io/connect-timeout-ms overrides per mapping)")
 	fs.DurationVar(&opts.DrainTimeout, "drain-timeout", 30*time.Second, "how long live connections may finish after SIGTERM or removal of their listener")
 	fs.DurationVar(&opts.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")
+	fs.StringVar(&opts.BPFFS, "bpffs", datapath.DefaultPinDir, "directory on a bpffs where the eBPF objects are pinned (inspect with bpftool)")
+	fs.Var(&sizeFlag{&opts.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
 	fs.StringVar(&opts.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
 	fs.StringVar(&opts.DemoUpstream, "demo-upstream", "", "start the built-in demo echo upstream on this address (for `make run`)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -97,4 +102,34 @@ func run(args []string) (int, error) {
 		return 1, err
 	}
 	return 0, nil
+}
+
+// sizeFlag parses a byte size: 4194304, 4MiB, 512KiB.
+type sizeFlag struct{ v *int }
+
+func (f *sizeFlag) String() string {
+	if f.v == nil || *f.v == 0 {
+		return ""
+	}
+	return strconv.Itoa(*f.v)
+}
+
+func (f *sizeFlag) Type() string { return "size" }
+
+func (f *sizeFlag) Set(s string) error {
+	units := []struct {
+		suffix string
+		mult   int
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}, {"", 1}}
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(num))
+			if err != nil || n <= 0 {
+				return fmt.Errorf("%q: want a positive size such as 4MiB", s)
+			}
+			*f.v = n * u.mult
+			return nil
+		}
+	}
+	return fmt.Errorf("%q: want a positive size such as 4MiB", s)
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -57,11 +58,29 @@ type daemon struct {
 	waitErr error
 }
 
+// e2eDatapath is the datapath every daemon runs unless a test asks for
+// another: $E2E_DATAPATH, default userspace. `make test` runs the suite
+// once as it is and once with E2E_DATAPATH=ebpf, so every behaviour is
+// checked on both datapaths.
+func e2eDatapath() string {
+	if d := os.Getenv("E2E_DATAPATH"); d != "" {
+		return d
+	}
+	return "userspace"
+}
+
+// pinCounter numbers the bpffs directories of kernel-datapath daemons.
+var pinCounter atomic.Int64
+
 // daemonArgs are the flags every test passes; extra flags come after.
 func daemonArgs(configs []string, extra ...string) []string {
 	// No admin socket by default: parallel daemons would contend for the
 	// default path. Tests of tcpmapctl pass their own (the last flag wins).
-	args := []string{"--datapath", "userspace", "--log-format", "json", "--log-level", "debug", "--admin-socket", ""}
+	args := []string{"--datapath", e2eDatapath(), "--log-format", "json", "--log-level", "debug", "--admin-socket", ""}
+	if e2eDatapath() != "userspace" {
+		// Each daemon pins its objects in a directory of its own.
+		args = append(args, "--bpffs", filepath.Join(bpffsRoot, fmt.Sprintf("d%d", pinCounter.Add(1))))
+	}
 	for _, c := range configs {
 		args = append(args, "--config", c)
 	}
@@ -73,10 +92,19 @@ func daemonArgs(configs []string, extra ...string) []string {
 // process group, and dumps the log when the test failed.
 func (tp *topology) launch(t testing.TB, args ...string) *daemon {
 	t.Helper()
+	return tp.launchEnv(t, nil, args...)
+}
+
+// launchEnv is launch with extra environment variables ("K=V").
+func (tp *topology) launchEnv(t testing.TB, env []string, args ...string) *daemon {
+	t.Helper()
 	requireDaemon(t)
 	d := &daemon{t: t, args: args, notify: make(chan struct{}), exited: make(chan struct{})}
 	full := append([]string{"netns", "exec", tp.proxy.name, tcpmapdBin}, args...)
 	d.cmd = exec.Command("ip", full...)
+	if env != nil {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	d.cmd.Stderr = (*daemonWriter)(d)
 	d.cmd.Stdout = (*daemonWriter)(d)
 	// `ip netns exec` execs the daemon, so the pid is tcpmapd's own and

@@ -47,6 +47,14 @@ func runMain(m *testing.M) int {
 			tcpmapdBin, buildErr = buildDaemon(dir)
 		}
 	}
+	if os.Geteuid() == 0 {
+		unmount, err := mountBPFFS()
+		if err != nil {
+			bpffsErr = err
+		} else {
+			defer unmount()
+		}
+	}
 	code := m.Run()
 	if etcNetnsCreated {
 		_ = os.Remove("/etc/netns") // only succeeds when empty
@@ -153,4 +161,42 @@ func runErr(name string, args ...string) error {
 		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}
 	return nil
+}
+
+// bpffsRoot is a bpf filesystem of this run's own, where kernel-datapath
+// daemons pin their objects. Not /sys/fs/bpf: `ip netns exec` remounts
+// /sys in the daemon's mount namespace, hiding any bpffs below it, while a
+// mount elsewhere stays visible to the daemon and to bpftool here alike.
+var (
+	bpffsRoot string
+	bpffsErr  error
+)
+
+// mountBPFFS mounts bpffsRoot; the returned func unmounts and removes it
+// (with whatever a killed daemon left pinned there).
+func mountBPFFS() (func(), error) {
+	dir := fmt.Sprintf("/run/%s%d-bpffs", nsPrefix, os.Getpid())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(dir)
+		return nil, fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	bpffsRoot = dir
+	return func() {
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+		_ = os.Remove(dir)
+	}, nil
+}
+
+// requireBPFFS returns bpffsRoot, failing the test when it could not be
+// mounted.
+func requireBPFFS(t testing.TB) string {
+	t.Helper()
+	requireRoot(t)
+	if bpffsErr != nil || bpffsRoot == "" {
+		t.Fatalf("no bpffs for the kernel datapath: %v", bpffsErr)
+	}
+	return bpffsRoot
 }

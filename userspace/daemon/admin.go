@@ -14,9 +14,9 @@ import (
 type kernelView interface {
 	BPFStatus() *api.BPFStatus
 	Pairs() int
-	// Describe returns the kernel's view of one spliced connection, nil
-	// when it has already ended.
-	Describe(sc relay.SplicedConn) *api.KernelConn
+	// DescribeAll returns the kernel's view of the spliced connections
+	// with these handles; ended ones are missing.
+	DescribeAll(handles []relay.SplicedConn) map[relay.SplicedConn]*api.KernelConn
 }
 
 // admin answers the admin API from the manager and, when it runs, the
@@ -73,8 +73,19 @@ func (a *admin) Status() api.Status {
 
 func (a *admin) Conns(mapping string) []api.Conn {
 	now := time.Now()
+	conns := a.m.Conns()
+	var kernelConns map[relay.SplicedConn]*api.KernelConn
+	if a.kernel != nil {
+		var handles []relay.SplicedConn
+		for _, c := range conns {
+			if c.Spliced != nil {
+				handles = append(handles, c.Spliced)
+			}
+		}
+		kernelConns = a.kernel.DescribeAll(handles)
+	}
 	var out []api.Conn
-	for _, c := range a.m.Conns() {
+	for _, c := range conns {
 		name := c.Mapping.Namespace + "/" + c.Mapping.Name
 		if mapping != "" && mapping != name && (strings.Contains(mapping, "/") || mapping != c.Mapping.Name) {
 			continue
@@ -94,8 +105,8 @@ func (a *admin) Conns(mapping string) []api.Conn {
 		if c.Client != nil {
 			ac.Client = c.Client.String()
 		}
-		if c.Spliced != nil && a.kernel != nil {
-			if k := a.kernel.Describe(c.Spliced); k != nil {
+		if c.Spliced != nil {
+			if k := kernelConns[c.Spliced]; k != nil {
 				ac.Kernel = k
 				ac.BytesToUpstream += int64(k.ToUpstream.Bytes)
 				ac.BytesToClient += int64(k.ToClient.Bytes)

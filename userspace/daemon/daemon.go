@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tcpmap/tcpmap/datapath"
+	"github.com/tcpmap/tcpmap/datapath/splice"
 	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/config"
 	"github.com/tcpmap/tcpmap/userspace/demo"
@@ -46,6 +48,11 @@ type Options struct {
 	ConnectTimeout      time.Duration
 	DrainTimeout        time.Duration
 	DNSTTL              time.Duration
+	// BPFFS is the directory the BPF objects are pinned in.
+	BPFFS string
+	// SpliceBound is the most kernel memory one spliced pair may hold
+	// under a slow reader, in bytes; zero means the engine's default.
+	SpliceBound int
 	// AdminSocket is the admin API's unix socket; empty disables it.
 	AdminSocket string
 	// DemoUpstream, when set, starts the built-in echo upstream on this
@@ -63,34 +70,62 @@ func (o Options) ResolveOptions() resolve.Options {
 	}
 }
 
-// ErrEBPFUnavailable is returned for --datapath ebpf until the kernel splice
-// ships.
-var ErrEBPFUnavailable = fmt.Errorf("--datapath ebpf: the eBPF splice datapath is not part of this build yet; use --datapath userspace or auto")
+// Datapath labels, as logs and the admin API report them.
+const (
+	LabelKernel    = "kernel+userspace"
+	LabelUserspace = "userspace"
+)
 
-// chooseDatapath returns the datapath to run and why, or an error when the
-// requested one cannot run.
-func chooseDatapath(mode string) (string, string, error) {
-	switch mode {
+// openDatapath starts the kernel datapath as mode asks. It returns the
+// datapath's label, why it was chosen, and the kernel splice (nil when
+// everything is relayed in userspace). In auto mode a kernel that cannot
+// load the BPF objects is not an error: the reason is returned instead.
+func openDatapath(opts Options, log *zap.Logger) (label, why string, k *kernel, err error) {
+	switch opts.Datapath {
 	case DatapathUserspace:
-		return DatapathUserspace, "requested with --datapath userspace", nil
-	case DatapathAuto, "":
-		return DatapathUserspace, "eBPF splice datapath not built into this version; every mapping is relayed in userspace", nil
-	case DatapathEBPF:
-		return "", "", ErrEBPFUnavailable
+		return LabelUserspace, "requested with --datapath userspace", nil, nil
+	case DatapathAuto, DatapathEBPF, "":
 	default:
-		return "", "", fmt.Errorf("--datapath %q: want auto, ebpf or userspace", mode)
+		return "", "", nil, fmt.Errorf("--datapath %q: want auto, ebpf or userspace", opts.Datapath)
 	}
+	e, err := splice.Open(splice.Options{
+		Datapath: datapath.Options{PinDir: opts.BPFFS, Log: log.Named("datapath")},
+		Bound:    opts.SpliceBound,
+		Log:      log.Named("splice"),
+	})
+	if err != nil {
+		if opts.Datapath == DatapathEBPF {
+			return "", "", nil, fmt.Errorf("--datapath ebpf: %w", err)
+		}
+		return LabelUserspace, fmt.Sprintf("falling back to userspace for every mapping: %v", err), nil, nil
+	}
+	st := e.Stats()
+	why = fmt.Sprintf("cleartext passthrough spliced by eBPF sockmap (pinned at %s, attached by %s); TLS relayed in userspace",
+		st.PinDir, st.Attach)
+	return LabelKernel, why, &kernel{e: e}, nil
 }
 
 // Run serves until ctx is cancelled (SIGTERM/SIGINT in main), then drains
 // for the drain timeout. SIGHUP reloads the configuration.
 func Run(ctx context.Context, opts Options) error {
 	log := opts.Logger
-	dp, why, err := chooseDatapath(opts.Datapath)
+	dp, why, k, err := openDatapath(opts, log)
 	if err != nil {
 		return err
 	}
 	log.Info("datapath", zap.String("mode", dp), zap.String("reason", why))
+	var splicer relay.Splicer
+	var view kernelView
+	if k != nil {
+		splicer, view = k, k
+		defer func() {
+			if err := k.e.Close(); err != nil {
+				log.Error("closing the eBPF datapath", zap.Error(err))
+			} else {
+				log.Info("eBPF datapath detached and unpinned")
+			}
+		}()
+	}
 
 	if opts.DemoUpstream != "" {
 		up, err := demo.StartUpstream(opts.DemoUpstream, log.Named("demo"))
@@ -112,6 +147,7 @@ func Run(ctx context.Context, opts Options) error {
 			ProxyHeaderTimeout: opts.ProxyHeaderTimeout,
 			ServerTLS:          tlsconfig.ServerConfig,
 			ClientTLS:          tlsconfig.ClientConfig,
+			Splicer:            splicer,
 		},
 		DrainTimeout: opts.DrainTimeout,
 	})
@@ -124,7 +160,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.AdminSocket != "" {
 		// Traffic matters more than inspection: without its admin socket
 		// the daemon still serves, and says so loudly.
-		srv := api.NewServer(&admin{m: m, datapath: dp, reason: why}, log.Named("api"))
+		srv := api.NewServer(&admin{m: m, datapath: dp, reason: why, kernel: view}, log.Named("api"))
 		if err := srv.Listen(opts.AdminSocket); err != nil {
 			log.Error("admin API unavailable; serving without it", zap.Error(err))
 		} else {

@@ -1,41 +1,23 @@
 package daemon
 
 import (
-	"errors"
+	"strings"
 	"testing"
+
+	"go.uber.org/zap"
 )
 
-func TestChooseDatapath(t *testing.T) {
-	tests := []struct {
-		mode    string
-		want    string
-		wantErr error
-	}{
-		{mode: "userspace", want: DatapathUserspace},
-		{mode: "auto", want: DatapathUserspace},
-		{mode: "", want: DatapathUserspace},
-		{mode: "ebpf", wantErr: ErrEBPFUnavailable},
-		{mode: "xdp", wantErr: errAny},
-	}
-	for _, tt := range tests {
-		t.Run(tt.mode, func(t *testing.T) {
-			got, why, err := chooseDatapath(tt.mode)
-			switch {
-			case tt.wantErr == errAny:
-				if err == nil {
-					t.Fatalf("chooseDatapath(%q) = %q, want an error", tt.mode, got)
-				}
-			case tt.wantErr != nil:
-				if !errors.Is(err, tt.wantErr) {
-					t.Fatalf("chooseDatapath(%q) error = %v, want %v", tt.mode, err, tt.wantErr)
-				}
-			default:
-				if err != nil || got != tt.want || why == "" {
-					t.Fatalf("chooseDatapath(%q) = %q, %q, %v; want %q with a reason", tt.mode, got, why, err, tt.want)
-				}
-			}
-		})
+func TestOpenDatapathUserspaceNeverLoadsBPF(t *testing.T) {
+	// A pin directory that cannot exist: loading BPF would fail loudly.
+	label, why, k, err := openDatapath(Options{Datapath: DatapathUserspace, BPFFS: "/nonexistent/bpffs"}, zap.NewNop())
+	if err != nil || k != nil || label != LabelUserspace || why == "" {
+		t.Fatalf("openDatapath(userspace) = %q, %q, %v, %v; want userspace with a reason and no kernel", label, why, k, err)
 	}
 }
 
-var errAny = errors.New("any error")
+func TestOpenDatapathRejectsUnknownMode(t *testing.T) {
+	_, _, _, err := openDatapath(Options{Datapath: "xdp"}, zap.NewNop())
+	if err == nil || !strings.Contains(err.Error(), "--datapath") {
+		t.Fatalf("openDatapath(xdp) error = %v, want one naming --datapath", err)
+	}
+}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"net"
 	"time"
 
@@ -20,6 +21,11 @@ type Splicer interface {
 	// the bytes itself.
 	Splice(client, upstream *net.TCPConn, info SpliceInfo, done func(SpliceResult)) (SplicedConn, error)
 }
+
+// ErrSpliceAborted, wrapped in a Splice error, means the hand-off failed
+// after the kernel had taken bytes: the datapath has reset and closed both
+// sockets, and the relay must not relay them.
+var ErrSpliceAborted = errors.New("kernel splice aborted during hand-off")
 
 // SpliceInfo is what the kernel datapath needs to know of a connection.
 type SpliceInfo struct {
@@ -81,6 +87,15 @@ func (s *Server) kernelSplice(c *relayConn, up *net.TCPConn, idle time.Duration,
 		finish()
 	}
 	sc, err := s.opts.Splicer.Splice(c.down.tcp, up, SpliceInfo{Mapping: c.bs.backend.Mapping, IdleTimeout: idle}, done)
+	if errors.Is(err, ErrSpliceAborted) {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		m.countRefusal(refuseDialFailed)
+		s.log.Warn("kernel splice hand-off aborted; connection reset", zap.Stringer("mapping", c.bs.backend.Mapping),
+			zap.Stringer("client", c.clientAddr), zap.Error(err))
+		return spliceFailed
+	}
 	if err != nil {
 		m.spliceDeclined.Add(1)
 		c.spliceWhy = "kernel splice declined: " + err.Error()

@@ -14,6 +14,7 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/tcpmapd ./cmd/tcpmapd
+	$(GO) build -o $(BIN)/tcpmapctl ./cmd/tcpmapctl
 
 ## test: everything, unit and end-to-end (e2e needs root; it skips otherwise, fails under CI=true).
 ## The end-to-end suite runs twice: once as it is (userspace relay) and once
@@ -31,6 +32,9 @@ e2e:
 
 ## run: tcpmapd with deploy/examples and the built-in demo upstream on 127.0.0.1:7001
 run: build
+	@# The eBPF datapath pins under /sys/fs/bpf; as root, mount it if needed.
+	@# Without it (or without root) tcpmapd relays in userspace and says why.
+	@mountpoint -q /sys/fs/bpf 2>/dev/null || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
 	$(BIN)/tcpmapd --config deploy/examples --demo-upstream 127.0.0.1:7001 --log-format console
 
 ## bench: tcpmapd (both datapaths) against direct, HAProxy and a Go relay on loopback,

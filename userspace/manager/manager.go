@@ -220,6 +220,8 @@ func (m *Manager) start(spec snapshot.Listener) (*runningListener, error) {
 // drain stops run accepting now and lets its connections finish within the
 // drain timeout, in the background.
 func (m *Manager) drain(run *runningListener) {
+	// Synchronously: a listener added in the same Apply may need the port.
+	run.server.StopAccepting()
 	m.draining.Add(1)
 	go func() {
 		defer m.draining.Done()

@@ -244,3 +244,31 @@ func TestApplyReportsBindFailureAndServesTheRest(t *testing.T) {
 		t.Fatalf("listener on freed port: %v", err)
 	}
 }
+
+// TestApplyMovesAListenerBetweenAddresses: a port that goes from one
+// address to all addresses in one Apply is free for the new bind, because
+// the removed listener stops accepting before new ones open.
+func TestApplyMovesAListenerBetweenAddresses(t *testing.T) {
+	a := newEchoUpstream(t, "a")
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := probe.Addr().(*net.TCPAddr).Port
+	probe.Close()
+
+	m := newManager(t)
+	one := listenerSpec("127.0.0.1", a, "m")
+	one.Port = port
+	if p := m.Apply(snapshot.Snapshot{Listeners: []snapshot.Listener{one}}); len(p) != 0 {
+		t.Fatalf("first Apply: %v", p)
+	}
+	all := listenerSpec("", a, "m")
+	all.Port = port
+	if p := m.Apply(snapshot.Snapshot{Listeners: []snapshot.Listener{all}}); len(p) != 0 {
+		t.Fatalf("moving 127.0.0.1:%d to *:%d: %v", port, port, p)
+	}
+	if _, err := dialThrough(t, addrOf(t, m, all.Key())); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -283,6 +283,11 @@ func (s *Server) stopAccepting() {
 	}
 }
 
+// StopAccepting closes the server's listening sockets now, so their ports
+// are free when it returns; live connections go on (Shutdown waits for
+// them).
+func (s *Server) StopAccepting() { s.stopAccepting() }
+
 // closeConns aborts dials and closes every connection.
 func (s *Server) closeConns() {
 	s.cancel()

@@ -221,7 +221,10 @@ func (m *Manager) start(spec snapshot.Listener) (*runningListener, error) {
 // drain timeout, in the background.
 func (m *Manager) drain(run *runningListener) {
 	// Synchronously: a listener added in the same Apply may need the port.
+	// Closing ln as well covers a Serve goroutine that has not registered
+	// it with the server yet.
 	run.server.StopAccepting()
+	run.ln.Close()
 	m.draining.Add(1)
 	go func() {
 		defer m.draining.Done()

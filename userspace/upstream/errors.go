@@ -31,6 +31,12 @@ func (e *timeoutError) Is(target error) bool {
 // fired, the parent's error (or cause) otherwise, nil while ctx is live.
 func contextCause(ctx context.Context) error {
 	if ctx.Err() == nil {
+		// The socket's connect deadline (set from ctx's) can fire a few
+		// microseconds before ctx's own timer does: past the deadline
+		// is a timeout either way.
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+			return context.DeadlineExceeded
+		}
 		return nil
 	}
 	return context.Cause(ctx)

@@ -32,12 +32,13 @@ func (e *timeoutError) Is(target error) bool {
 func contextCause(ctx context.Context) error {
 	if ctx.Err() == nil {
 		// The socket's connect deadline (set from ctx's) can fire a few
-		// microseconds before ctx's own timer does: past the deadline
-		// is a timeout either way.
-		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-			return context.DeadlineExceeded
+		// microseconds before ctx's own timer does. Past the deadline,
+		// wait for that timer (it is due) so the cause is ctx's own.
+		dl, ok := ctx.Deadline()
+		if !ok || time.Now().Before(dl) {
+			return nil
 		}
-		return nil
+		<-ctx.Done()
 	}
 	return context.Cause(ctx)
 }

@@ -52,10 +52,12 @@ func (k *kernel) Splice(client, up *net.TCPConn, info relay.SpliceInfo, done fun
 		OnDone: func(r splice.Result) {
 			cancel()
 			done(relay.SpliceResult{
-				BytesToUpstream: int64(r.ClientToUpstream.Bytes),
-				BytesToClient:   int64(r.UpstreamToClient.Bytes),
-				IdleClosed:      r.Reason == splice.IdleTimeout,
-				Reset:           r.Reason != splice.Closed && r.Reason != splice.IdleTimeout,
+				BytesToUpstream:  int64(r.ClientToUpstream.Bytes),
+				BytesToClient:    int64(r.UpstreamToClient.Bytes),
+				PassedToUpstream: int64(r.ClientToUpstream.PassedBytes),
+				PassedToClient:   int64(r.UpstreamToClient.PassedBytes),
+				IdleClosed:       r.Reason == splice.IdleTimeout,
+				Reset:            r.Reason != splice.Closed && r.Reason != splice.IdleTimeout,
 			})
 		},
 	})

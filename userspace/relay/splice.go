@@ -35,11 +35,13 @@ type SpliceInfo struct {
 
 // SpliceResult is how a spliced connection ended.
 type SpliceResult struct {
-	// Bytes moved by the kernel (or by the datapath's own fallback copy
-	// under back-pressure), each way.
+	// Bytes moved after the hand-off, each way, whoever moved them.
 	BytesToUpstream, BytesToClient int64
-	IdleClosed                     bool
-	Reset                          bool
+	// Of those, the bytes that went through this process: a congested
+	// direction is back-pressured through userspace.
+	PassedToUpstream, PassedToClient int64
+	IdleClosed                       bool
+	Reset                            bool
 }
 
 // SplicedConn is a connection the kernel datapath owns.
@@ -70,8 +72,12 @@ func (s *Server) kernelSplice(c *relayConn, up *net.TCPConn, idle time.Duration,
 	}
 	m := c.bs.counters
 	done := func(r SpliceResult) {
-		m.kernelBytesToUpstream.Add(uint64(max(r.BytesToUpstream, 0)))
-		m.kernelBytesToClient.Add(uint64(max(r.BytesToClient, 0)))
+		// Bytes this process copied count as its own, so that the
+		// kernel counters claim only what never left the kernel.
+		c.count(true, r.PassedToUpstream)
+		c.count(false, r.PassedToClient)
+		m.kernelBytesToUpstream.Add(uint64(max(r.BytesToUpstream-r.PassedToUpstream, 0)))
+		m.kernelBytesToClient.Add(uint64(max(r.BytesToClient-r.PassedToClient, 0)))
 		if r.IdleClosed {
 			m.idleClosed.Add(1)
 		}

@@ -101,14 +101,15 @@ type MappingStats struct {
 	// dial was attempted); refusals are not in it.
 	Total uint64
 	// BytesToUpstream and BytesToClient are the bytes this process moved
-	// (relayed connections, and the hand-off bytes of spliced ones).
+	// (relayed connections; of spliced ones the hand-off bytes and what a
+	// congested direction passed through userspace).
 	BytesToUpstream uint64
 	BytesToClient   uint64
 	// Spliced counts connections handed to the kernel datapath;
 	// SpliceDeclined those it refused (relayed here instead).
 	Spliced, SpliceDeclined uint64
-	// KernelBytesToUpstream and KernelBytesToClient are the bytes the
-	// kernel datapath moved, added when each spliced connection ends.
+	// KernelBytesToUpstream and KernelBytesToClient are the bytes that
+	// never left the kernel, added when each spliced connection ends.
 	KernelBytesToUpstream, KernelBytesToClient uint64
 	// Refusals counts connections closed without relaying, by reason.
 	Refusals Refusals

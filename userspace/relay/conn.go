@@ -118,7 +118,11 @@ func (s *Server) handle(c *relayConn) {
 	if timeout <= 0 {
 		timeout = snapshot.DefaultConnectTimeout
 	}
+	dialStart := time.Now()
 	up, err := s.opts.Dialer.Dial(s.ctx, bs.backend.Upstream, timeout)
+	if s.opts.ObserveDial != nil {
+		s.opts.ObserveDial(bs.backend.Mapping, time.Since(dialStart), err)
+	}
 	rs.breaker.dialed(err == nil)
 	if err != nil {
 		if !c.isClosed() { // not a dial cut short by Close

@@ -73,6 +73,9 @@ type Options struct {
 	// ClientTLS builds the origination config of a backend. The config
 	// decides SNI and verification; the relay uses it as is.
 	ClientTLS func(*snapshot.TLSClient) (*tls.Config, error)
+	// ObserveDial, when set, is told how long each upstream dial took and
+	// whether it failed (the connect-latency histogram).
+	ObserveDial func(mapping config.Ref, took time.Duration, err error)
 	// Splicer, when set, takes over the connections of cleartext
 	// passthrough backends after the dial: the kernel moves their bytes.
 	// Nil relays everything in this process.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcpmap/tcpmap/userspace/config"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
 
@@ -218,5 +219,45 @@ func TestConnsReportDatapathAndWhy(t *testing.T) {
 		if (c.Spliced != nil) != (tt.datapath == DatapathKernel) {
 			t.Errorf("%s: Spliced handle %v for datapath %s", tt.mapping, c.Spliced, c.Datapath)
 		}
+	}
+}
+
+func TestObserveDial(t *testing.T) {
+	up := startUpstream(t, "up", nil, bannerEcho("up"))
+	type obs struct {
+		mapping string
+		failed  bool
+	}
+	got := make(chan obs, 4)
+	observe := func(m config.Ref, took time.Duration, err error) {
+		if took < 0 {
+			t.Errorf("negative dial duration %v", took)
+		}
+		got <- obs{m.Name, err != nil}
+	}
+	_, l := startRelay(t, tcpListener(backend("ok", up.addr(), 100)), Options{ObserveDial: observe})
+	c := dial(t, relayAddr(l))
+	readLine(t, c)
+	if o := <-got; o != (obs{"ok", false}) {
+		t.Errorf("observed %+v, want a successful dial of ok", o)
+	}
+
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	_, l2 := startRelay(t, tcpListener(backend("refused", snapshot.Upstream{Host: "127.0.0.1", Port: port, EnableIPv4: true}, 100)),
+		Options{ObserveDial: observe})
+	// The relay resets the client when the dial fails, possibly before
+	// the client's own connect returns: either way is fine here.
+	if c2, err := net.DialTimeout("tcp", relayAddr(l2), ioTimeout); err == nil {
+		c2.SetDeadline(time.Now().Add(ioTimeout))
+		io.ReadAll(c2)
+		c2.Close()
+	}
+	if o := <-got; o != (obs{"refused", true}) {
+		t.Errorf("observed %+v, want a failed dial of refused", o)
 	}
 }

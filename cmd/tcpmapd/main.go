@@ -21,6 +21,7 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/daemon"
 	"github.com/tcpmap/tcpmap/userspace/logging"
+	"github.com/tcpmap/tcpmap/userspace/metrics"
 	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
@@ -69,6 +70,7 @@ func run(args []string) (int, error) {
 	fs.StringVar(&opts.BPFFS, "bpffs", datapath.DefaultPinDir, "directory on a bpffs where the eBPF objects are pinned (inspect with bpftool)")
 	fs.Var(&sizeFlag{&opts.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
 	fs.StringVar(&opts.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
+	fs.StringVar(&opts.MetricsAddr, "metrics-addr", metrics.DefaultAddr, "Prometheus /metrics, /healthz and /readyz; empty disables")
 	fs.StringVar(&opts.DemoUpstream, "demo-upstream", "", "start the built-in demo echo upstream on this address (for `make run`)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", "json", "json or console")

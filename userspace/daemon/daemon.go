@@ -4,9 +4,11 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -21,6 +23,7 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/config"
 	"github.com/tcpmap/tcpmap/userspace/demo"
 	"github.com/tcpmap/tcpmap/userspace/manager"
+	"github.com/tcpmap/tcpmap/userspace/metrics"
 	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/resolve"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
@@ -55,6 +58,9 @@ type Options struct {
 	SpliceBound int
 	// AdminSocket is the admin API's unix socket; empty disables it.
 	AdminSocket string
+	// MetricsAddr serves /metrics, /healthz and /readyz over HTTP; empty
+	// disables it.
+	MetricsAddr string
 	// DemoUpstream, when set, starts the built-in echo upstream on this
 	// address and probes every cleartext listener once through tcpmapd.
 	DemoUpstream string
@@ -136,6 +142,11 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	dialer := upstream.NewDialer(upstream.Options{TTL: opts.DNSTTL, Logger: log.Named("upstream")})
+	// The admin API and the metrics read the same status; the manager is
+	// set right below.
+	adm := &admin{datapath: dp, reason: why, kernel: view}
+	mh := metrics.New(adm, metrics.Options{Logger: log.Named("metrics")})
+	dials := mh.DialObserver()
 	m := manager.New(manager.Options{
 		Logger:      log,
 		ConfigPaths: opts.ConfigPaths,
@@ -148,9 +159,21 @@ func Run(ctx context.Context, opts Options) error {
 			ServerTLS:          tlsconfig.ServerConfig,
 			ClientTLS:          tlsconfig.ClientConfig,
 			Splicer:            splicer,
+			ObserveDial: func(mapping config.Ref, took time.Duration, err error) {
+				dials.ObserveDial(mapping.Namespace+"/"+mapping.Name, took, err)
+			},
 		},
 		DrainTimeout: opts.DrainTimeout,
 	})
+
+	adm.m = m
+	if opts.MetricsAddr != "" {
+		stop, err := serveMetrics(opts.MetricsAddr, mh, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -160,7 +183,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.AdminSocket != "" {
 		// Traffic matters more than inspection: without its admin socket
 		// the daemon still serves, and says so loudly.
-		srv := api.NewServer(&admin{m: m, datapath: dp, reason: why, kernel: view}, log.Named("api"))
+		srv := api.NewServer(adm, log.Named("api"))
 		if err := srv.Listen(opts.AdminSocket); err != nil {
 			log.Error("admin API unavailable; serving without it", zap.Error(err))
 		} else {
@@ -173,6 +196,7 @@ func Run(ctx context.Context, opts Options) error {
 			log.Info("admin API listening", zap.String("socket", opts.AdminSocket))
 		}
 	}
+	mh.SetReady(true)
 	log.Info("ready", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 	if opts.DemoUpstream != "" {
 		go probeDemo(ctx, log.Named("demo"), m.Snapshot())
@@ -255,4 +279,26 @@ func problemText(p config.Problem) string {
 		s += " (" + p.Origin.Source + ")"
 	}
 	return s
+}
+
+// serveMetrics serves h on addr until the returned stop is called. A port
+// that cannot be bound is an error: an operator who asked for metrics
+// must not silently get none.
+func serveMetrics(addr string, h http.Handler, log *zap.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint stopped", zap.Error(err))
+		}
+	}()
+	log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }

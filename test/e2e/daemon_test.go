@@ -76,7 +76,10 @@ var pinCounter atomic.Int64
 func daemonArgs(configs []string, extra ...string) []string {
 	// No admin socket by default: parallel daemons would contend for the
 	// default path. Tests of tcpmapctl pass their own (the last flag wins).
-	args := []string{"--datapath", e2eDatapath(), "--log-format", "json", "--log-level", "debug", "--admin-socket", ""}
+	// No file watching either, so that a reload test proves its own
+	// trigger (SIGHUP); the watch test turns it on.
+	args := []string{"--datapath", e2eDatapath(), "--log-format", "json", "--log-level", "debug", "--admin-socket", "",
+		"--watch=false"}
 	if e2eDatapath() != "userspace" {
 		// Each daemon pins its objects in a directory of its own.
 		args = append(args, "--bpffs", filepath.Join(bpffsRoot, fmt.Sprintf("d%d", pinCounter.Add(1))))

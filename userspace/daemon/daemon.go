@@ -29,6 +29,7 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 	"github.com/tcpmap/tcpmap/userspace/tlsconfig"
 	"github.com/tcpmap/tcpmap/userspace/upstream"
+	"github.com/tcpmap/tcpmap/userspace/watch"
 )
 
 // Datapath modes accepted by --datapath.
@@ -58,6 +59,9 @@ type Options struct {
 	SpliceBound int
 	// AdminSocket is the admin API's unix socket; empty disables it.
 	AdminSocket string
+	// WatchConfig reloads when a configuration file changes (fsnotify,
+	// debounced), as SIGHUP does.
+	WatchConfig bool
 	// MetricsAddr serves /metrics, /healthz and /readyz over HTTP; empty
 	// disables it.
 	MetricsAddr string
@@ -202,11 +206,33 @@ func Run(ctx context.Context, opts Options) error {
 		go probeDemo(ctx, log.Named("demo"), m.Snapshot())
 	}
 
+	// Reloads from file changes and from SIGHUP are serialised through
+	// this loop.
+	changed := make(chan struct{}, 1)
+	if opts.WatchConfig {
+		w, err := watch.New(opts.ConfigPaths, watch.Options{Logger: log.Named("watch")})
+		if err != nil {
+			return fmt.Errorf("watch configuration: %w", err)
+		}
+		defer w.Close()
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go w.Run(wctx, func() {
+			select {
+			case changed <- struct{}{}:
+			default: // a reload is already due
+			}
+		})
+	}
+
 	for {
 		select {
 		case <-hup:
 			res := m.Reload()
-			log.Info("reloaded", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
+			log.Info("reloaded on SIGHUP", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
+		case <-changed:
+			res := m.Reload()
+			log.Info("reloaded: configuration changed", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 		case <-ctx.Done():
 			log.Info("stopping: no new connections; draining live ones", zap.Duration("drain_timeout", opts.DrainTimeout))
 			sctx, cancel := context.WithTimeout(context.Background(), opts.DrainTimeout+time.Second)

@@ -20,6 +20,7 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/resolve"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
+	"github.com/tcpmap/tcpmap/userspace/store"
 )
 
 // Options configure a Manager.
@@ -31,6 +32,9 @@ type Options struct {
 	Resolve resolve.Options
 	// Relay is the template for every listener's relay server.
 	Relay relay.Options
+	// Store holds the objects applied through the admin API; nil means
+	// the configuration files are the only source.
+	Store *store.Store
 	// DrainTimeout bounds how long connections of a removed listener (or of
 	// every listener at shutdown) may keep running.
 	DrainTimeout time.Duration
@@ -45,7 +49,12 @@ type Manager struct {
 	running  map[string]*runningListener // by snapshot.Listener.Key()
 	snap     snapshot.Snapshot
 	problems []config.Problem
+	objects  []config.Resource // the merged sources of the last reload
 	closed   bool
+
+	// reloadMu serialises reloads with applies and deletes through the
+	// admin API, so that each validates against the state it changes.
+	reloadMu sync.Mutex
 
 	draining sync.WaitGroup
 }
@@ -84,11 +93,19 @@ func Load(paths []string, opts resolve.Options) (snapshot.Snapshot, []config.Pro
 	return snap, append(problems, more...)
 }
 
-// Reload loads the configuration files, resolves them and applies the
-// result. Problems are logged and kept for Problems(); the valid rest is
-// served.
+// Reload re-reads the configuration files and the store, merges them,
+// resolves the result and applies it. Problems are logged and kept for
+// Problems(); the valid rest is served.
 func (m *Manager) Reload() Result {
-	snap, problems := Load(m.opts.ConfigPaths, m.opts.Resolve)
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	return m.reload()
+}
+
+func (m *Manager) reload() Result {
+	resources, problems := m.loadSources()
+	snap, more := resolve.Resolve(resources, m.opts.Resolve)
+	problems = append(problems, more...)
 	for _, p := range problems {
 		m.logProblem(p)
 	}
@@ -97,6 +114,7 @@ func (m *Manager) Reload() Result {
 
 	m.mu.Lock()
 	m.problems = problems
+	m.objects = resources
 	res := Result{Listeners: len(m.running)}
 	m.mu.Unlock()
 	for _, p := range problems {

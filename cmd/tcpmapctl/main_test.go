@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -21,7 +22,7 @@ func TestExitCodes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var out bytes.Buffer
-		got, err := run(tt.args, &out)
+		got, err := run(tt.args, strings.NewReader(""), &out)
 		if got != tt.want {
 			t.Errorf("tcpmapctl %v: exit %d (%v), want %d", tt.args, got, err, tt.want)
 		}

@@ -70,6 +70,7 @@ func run(args []string) (int, error) {
 	fs.StringVar(&opts.BPFFS, "bpffs", datapath.DefaultPinDir, "directory on a bpffs where the eBPF objects are pinned (inspect with bpftool)")
 	fs.Var(&sizeFlag{&opts.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
 	fs.StringVar(&opts.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
+	fs.StringVar(&opts.StateDir, "state-dir", daemon.DefaultStateDir, "directory where objects applied with tcpmapctl persist across restarts; empty disables applying")
 	fs.BoolVar(&opts.WatchConfig, "watch", true, "reload when a configuration file changes (as SIGHUP does)")
 	fs.StringVar(&opts.MetricsAddr, "metrics-addr", metrics.DefaultAddr, "Prometheus /metrics, /healthz and /readyz; empty disables")
 	fs.StringVar(&opts.DemoUpstream, "demo-upstream", "", "start the built-in demo echo upstream on this address (for `make run`)")

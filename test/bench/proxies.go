@@ -202,7 +202,7 @@ func tcpmapdStarter(datapath string) func(context.Context, *env) (*instance, err
 		// No admin socket or metrics port, and a pin directory of its own:
 		// the bench must not collide with a tcpmapd already running here.
 		args := []string{"--config", cfg, "--datapath", datapath, "--drain-timeout", "1s", "--log-level", "info",
-			"--admin-socket", "", "--metrics-addr", "",
+			"--admin-socket", "", "--metrics-addr", "", "--state-dir", "",
 			"--bpffs", fmt.Sprintf("/sys/fs/bpf/tcpmap-bench-%d-%s", os.Getpid(), datapath)}
 		args = append(args, e.opts.tcpmapdArgs...)
 		c, err := startChild("tcpmapd "+datapath, filepath.Join(dir, "tcpmapd.log"), nil, bin, args...)

@@ -79,7 +79,7 @@ func daemonArgs(configs []string, extra ...string) []string {
 	// No file watching either, so that a reload test proves its own
 	// trigger (SIGHUP); the watch test turns it on.
 	args := []string{"--datapath", e2eDatapath(), "--log-format", "json", "--log-level", "debug", "--admin-socket", "",
-		"--watch=false"}
+		"--watch=false", "--state-dir", ""}
 	if e2eDatapath() != "userspace" {
 		// Each daemon pins its objects in a directory of its own.
 		args = append(args, "--bpffs", filepath.Join(bpffsRoot, fmt.Sprintf("d%d", pinCounter.Add(1))))

@@ -26,18 +26,34 @@ type Backend interface {
 // Server serves the admin API on a unix socket.
 type Server struct {
 	backend Backend
+	objects Objects // nil: the object endpoints answer 503
 	log     *zap.Logger
 	http    *http.Server
 	ln      net.Listener
 	path    string
 }
 
+// Option configures a Server.
+type Option func(*Server)
+
+// WithObjects serves the object endpoints (list, get, apply, delete,
+// problems) from o.
+func WithObjects(o Objects) Option { return func(s *Server) { s.objects = o } }
+
 // NewServer returns a server for backend; call Serve.
-func NewServer(backend Backend, log *zap.Logger) *Server {
+func NewServer(backend Backend, log *zap.Logger, opts ...Option) *Server {
 	s := &Server{backend: backend, log: log}
+	for _, o := range opts {
+		o(s)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("GET /v1/conns", s.conns)
+	mux.HandleFunc("GET /v1/objects", s.listObjects)
+	mux.HandleFunc("GET /v1/objects/{kind}/{namespace}/{name}", s.getObject)
+	mux.HandleFunc("DELETE /v1/objects/{kind}/{namespace}/{name}", s.deleteObject)
+	mux.HandleFunc("POST /v1/apply", s.apply)
+	mux.HandleFunc("GET /v1/problems", s.listProblems)
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return s
 }
@@ -114,9 +130,11 @@ func (s *Server) conns(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, conns)
 }
 
-// Error is the body of every non-2xx answer.
+// Error is the body of every non-2xx answer. A rejected apply (422) also
+// lists its problems.
 type Error struct {
-	Error string `json:"error"`
+	Error    string    `json:"error"`
+	Problems []Problem `json:"problems,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -37,7 +37,7 @@ func WriteStatus(w io.Writer, s api.Status) error {
 		}
 		for _, m := range l.Mappings {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\t%s\n", l.Key, proto, m.Name, m.Active, m.Total, m.Spliced,
-				bytes(m.BytesToUpstream+m.KernelBytesToUpstream), bytes(m.BytesToClient+m.KernelBytesToClient),
+				iec(m.BytesToUpstream+m.KernelBytesToUpstream), iec(m.BytesToClient+m.KernelBytesToClient),
 				reasons(m.Refusals))
 		}
 	}
@@ -60,7 +60,7 @@ func WriteConns(w io.Writer, conns []api.Conn) error {
 	fmt.Fprintln(tw, "LISTENER\tCLIENT\tMAPPING\tDATAPATH\tAGE\tBYTES-UP\tBYTES-DOWN\tWHY")
 	for _, c := range conns {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Listener, c.Client, c.Mapping, datapath(c),
-			c.Age.Round(time.Second), bytes(uint64(max(c.BytesToUpstream, 0))), bytes(uint64(max(c.BytesToClient, 0))), why(c))
+			c.Age.Round(time.Second), iec(uint64(max(c.BytesToUpstream, 0))), iec(uint64(max(c.BytesToClient, 0))), why(c))
 	}
 	return tw.Flush()
 }
@@ -114,8 +114,8 @@ func reasons(m map[string]uint64) string {
 	return strings.Join(out, ",")
 }
 
-// bytes prints a byte count in IEC units.
-func bytes(n uint64) string {
+// iec prints a byte count in IEC units.
+func iec(n uint64) string {
 	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%dB", n)

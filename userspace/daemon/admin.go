@@ -130,14 +130,4 @@ func nonZero(m map[string]uint64) map[string]uint64 {
 	return out
 }
 
-func apiProblem(p config.Problem) api.Problem {
-	level := "error"
-	if p.IsWarning() {
-		level = "warning"
-	}
-	ap := api.Problem{Level: level, Field: p.Field, Reason: p.Reason, Origin: p.Origin.String(), Message: p.Error()}
-	if p.Ref.Kind != "" {
-		ap.Resource = p.Ref.String()
-	}
-	return ap
-}
+func apiProblem(p config.Problem) api.Problem { return api.ProblemOf(p) }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/resolve"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
+	"github.com/tcpmap/tcpmap/userspace/store"
 	"github.com/tcpmap/tcpmap/userspace/tlsconfig"
 	"github.com/tcpmap/tcpmap/userspace/upstream"
 	"github.com/tcpmap/tcpmap/userspace/watch"
@@ -59,6 +61,9 @@ type Options struct {
 	SpliceBound int
 	// AdminSocket is the admin API's unix socket; empty disables it.
 	AdminSocket string
+	// StateDir keeps the objects applied through the admin API across
+	// restarts; empty disables applying through the API.
+	StateDir string
 	// WatchConfig reloads when a configuration file changes (fsnotify,
 	// debounced), as SIGHUP does.
 	WatchConfig bool
@@ -154,6 +159,7 @@ func Run(ctx context.Context, opts Options) error {
 	m := manager.New(manager.Options{
 		Logger:      log,
 		ConfigPaths: opts.ConfigPaths,
+		Store:       stateStore(opts.StateDir),
 		Resolve:     opts.ResolveOptions(),
 		Relay: relay.Options{
 			Logger:             log.Named("relay"),
@@ -187,7 +193,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.AdminSocket != "" {
 		// Traffic matters more than inspection: without its admin socket
 		// the daemon still serves, and says so loudly.
-		srv := api.NewServer(adm, log.Named("api"))
+		srv := api.NewServer(adm, log.Named("api"), api.WithObjects(m))
 		if err := srv.Listen(opts.AdminSocket); err != nil {
 			log.Error("admin API unavailable; serving without it", zap.Error(err))
 		} else {
@@ -244,6 +250,18 @@ func Run(ctx context.Context, opts Options) error {
 			return nil
 		}
 	}
+}
+
+// DefaultStateDir is where objects applied through the admin API persist.
+const DefaultStateDir = "/var/lib/tcpmap"
+
+// stateStore keeps applied objects in dir/objects, leaving dir for other
+// state; nil when dir is empty.
+func stateStore(dir string) *store.Store {
+	if dir == "" {
+		return nil
+	}
+	return store.New(filepath.Join(dir, "objects"))
 }
 
 // probeDemo sends one line through each listener of the demo configuration

@@ -77,13 +77,20 @@ const v1MaxLine = 107
 // proxyproto.Read then reports).
 func bufferV1Line(br *bufio.Reader) {
 	const sig = "PROXY "
-	for n := 1; n <= v1MaxLine; n = br.Buffered() + 1 {
-		b, err := br.Peek(n)
-		if err != nil {
-			return
+	for {
+		// Look at what is buffered before asking for more: a whole line
+		// (usually with the client's first bytes behind it) needs no
+		// further read, and must not wait for one.
+		if n := br.Buffered(); n > 0 {
+			b, _ := br.Peek(n)
+			k := min(len(b), len(sig))
+			if string(b[:k]) != sig[:k] || bytes.IndexByte(b, '\n') >= 0 || n >= v1MaxLine {
+				return
+			}
 		}
-		k := min(len(b), len(sig))
-		if string(b[:k]) != sig[:k] || bytes.IndexByte(b, '\n') >= 0 {
+		// Not a whole line yet: block for at least one more byte (the
+		// header deadline bounds the wait).
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			return
 		}
 	}

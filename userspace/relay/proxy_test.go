@@ -464,3 +464,23 @@ func TestProxyV1HeaderInPieces(t *testing.T) {
 		t.Fatalf("echo of the payload after the header = %q, %v", got, err)
 	}
 }
+
+// TestProxyHeaderWithPayloadDoesNotWait: a v1 header and the client's
+// first bytes in one segment must be handled at once, not after the header
+// deadline (a regression: the reassembly of split headers once asked for
+// one byte more than the whole line before looking at it).
+func TestProxyHeaderWithPayloadDoesNotWait(t *testing.T) {
+	up := startUpstream(t, "up", nil, echo)
+	l := tcpListener(backend("m", up.addr(), 100))
+	l.ProxyProtocol = true
+	_, l = startRelay(t, l, Options{ProxyHeaderTimeout: time.Minute})
+	c := dial(t, relayAddr(l))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second)) // far below the minute
+	header := proxyHeader(t, 1, "192.0.2.10:4242", "198.51.100.1:443")
+	if _, err := c.Write(append(header, "ping\n"...)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := bufio.NewReader(c).ReadString('\n'); err != nil || got != "ping\n" {
+		t.Fatalf("echo = %q, %v: the relay waited for bytes it already had", got, err)
+	}
+}

@@ -189,6 +189,26 @@ func Run(ctx context.Context, opts Options) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	// Reloads from file changes and from SIGHUP are serialised through
+	// the loop below. The watch starts before the first load, so a file
+	// written between that load and "ready" is not missed.
+	changed := make(chan struct{}, 1)
+	if opts.WatchConfig {
+		w, err := watch.New(opts.ConfigPaths, watch.Options{Logger: log.Named("watch")})
+		if err != nil {
+			return fmt.Errorf("watch configuration: %w", err)
+		}
+		defer w.Close()
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go w.Run(wctx, func() {
+			select {
+			case changed <- struct{}{}:
+			default: // a reload is already due
+			}
+		})
+	}
+
 	res := m.Reload()
 	if opts.AdminSocket != "" {
 		// Traffic matters more than inspection: without its admin socket
@@ -210,25 +230,6 @@ func Run(ctx context.Context, opts Options) error {
 	log.Info("ready", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 	if opts.DemoUpstream != "" {
 		go probeDemo(ctx, log.Named("demo"), m.Snapshot())
-	}
-
-	// Reloads from file changes and from SIGHUP are serialised through
-	// this loop.
-	changed := make(chan struct{}, 1)
-	if opts.WatchConfig {
-		w, err := watch.New(opts.ConfigPaths, watch.Options{Logger: log.Named("watch")})
-		if err != nil {
-			return fmt.Errorf("watch configuration: %w", err)
-		}
-		defer w.Close()
-		wctx, stopWatch := context.WithCancel(ctx)
-		defer stopWatch()
-		go w.Run(wctx, func() {
-			select {
-			case changed <- struct{}{}:
-			default: // a reload is already due
-			}
-		})
 	}
 
 	for {

@@ -85,7 +85,22 @@ func (c *conn) runPass(d int) {
 				}
 				ds.gapChecked = st.Redirected
 			}
-			n, err := c.readSome(src, buf[:min(uint64(len(buf)), pending)])
+			// Read only what the psock's ingress queue holds (SIOCINQ
+			// reports it on a socket in a sockmap): with that queue empty
+			// a read falls through to the TCP receive queue, whose bytes
+			// the verdict has not seen yet and which may be newer than
+			// passed bytes still on their way to the ingress queue;
+			// reading them would reorder the stream.
+			inq, err := c.psockQueued(src)
+			if err != nil {
+				c.passFailed(d, src, err)
+				return
+			}
+			if inq == 0 {
+				empty.wait()
+				continue
+			}
+			n, err := c.readSome(src, buf[:min(uint64(len(buf)), pending, uint64(inq))])
 			if err != nil {
 				c.passFailed(d, src, err)
 				return
@@ -201,6 +216,17 @@ func (c *conn) passFailed(d, side int, err error) {
 	}
 	c.log().Debug("pass-mode copy failed", zap.String("side", sideNames[side]), zap.Error(err))
 	c.finish(reason, side)
+}
+
+// psockQueued is the number of bytes waiting on side's psock ingress queue.
+func (c *conn) psockQueued(side int) (int, error) {
+	var inq int
+	err := c.ctrl(side, func(fd int) error {
+		var err error
+		inq, err = unix.IoctlGetInt(fd, unix.SIOCINQ)
+		return err
+	})
+	return inq, err
 }
 
 // readSome reads up to len(b) bytes, waiting on Go's netpoller while the

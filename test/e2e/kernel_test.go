@@ -140,12 +140,14 @@ func TestKernelSpliceLargeTransfer(t *testing.T) {
 	go func() { clientDone <- exchange(c, upSeed, n) }()
 
 	// While bytes flow: the connection is the kernel's.
+	// (Right after connect it may still be in setup: wait for the hand-off.)
 	var conns []api.Conn
-	k.ctlJSON(t, &conns, "conns", "--mapping", "default/bulk-passthrough")
-	if len(conns) != 1 || conns[0].Datapath != "kernel" || conns[0].Kernel == nil ||
-		conns[0].Kernel.ToUpstream.Mechanism == "" || conns[0].Kernel.ToClient.Mechanism == "" {
-		t.Errorf("tcpmapctl conns during the transfer = %+v, want one kernel connection with mechanisms", conns)
-	}
+	waitUntil(t, ctx, "tcpmapctl conns to show the kernel connection", func() bool {
+		conns = nil
+		k.ctlJSON(t, &conns, "conns", "--mapping", "default/bulk-passthrough")
+		return len(conns) == 1 && conns[0].Datapath == "kernel" && conns[0].Kernel != nil &&
+			conns[0].Kernel.ToUpstream.Mechanism != "" && conns[0].Kernel.ToClient.Mechanism != ""
+	})
 
 	client := <-clientDone
 	var up bulkResult

@@ -99,7 +99,7 @@ func mustCookie(t *testing.T, e *Engine, tp *testPair) uint64 {
 // times; every byte must arrive once and in order, and the direction must
 // end up back in the kernel more than once.
 func TestPassAndResumeKeepOrder(t *testing.T) {
-	e := openEngine(t, Options{})
+	e := openEngine(t, Options{Resume: true})
 	r := newRig(t, e)
 	tp := r.pair(pairOpts{})
 	const total = 512 << 20

@@ -135,6 +135,12 @@ func (c *conn) runPass(d int) {
 			c.passFailed(d, dst, err)
 			return
 		}
+		if !c.e.opts.Resume {
+			// A direction that congested stays in userspace for the
+			// rest of the connection: see Options.Resume.
+			empty.wait()
+			continue
+		}
 		if err := c.resume(d); err != nil {
 			c.passFailed(d, src, err)
 			return

@@ -232,13 +232,34 @@ func Run(ctx context.Context, opts Options) error {
 		go probeDemo(ctx, log.Named("demo"), m.Snapshot())
 	}
 
+	// Listeners that could not be bound (a port another process held)
+	// are retried with backoff, so a port freed later is served without
+	// a reload.
+	const minRetry, maxRetry = time.Second, 30 * time.Second
+	retryEvery := minRetry
+	retry := time.NewTimer(retryEvery)
+	defer retry.Stop()
+	resetRetry := func() {
+		retryEvery = minRetry
+		retry.Reset(retryEvery)
+	}
+
 	for {
 		select {
+		case <-retry.C:
+			if m.RetryFailed() > 0 {
+				retryEvery = min(2*retryEvery, maxRetry)
+			} else {
+				retryEvery = minRetry
+			}
+			retry.Reset(retryEvery)
 		case <-hup:
 			res := m.Reload()
+			resetRetry()
 			log.Info("reloaded on SIGHUP", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 		case <-changed:
 			res := m.Reload()
+			resetRetry()
 			log.Info("reloaded: configuration changed", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 		case <-ctx.Done():
 			log.Info("stopping: no new connections; draining live ones", zap.Duration("drain_timeout", opts.DrainTimeout))

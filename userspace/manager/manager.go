@@ -49,8 +49,12 @@ type Manager struct {
 	running  map[string]*runningListener // by snapshot.Listener.Key()
 	snap     snapshot.Snapshot
 	problems []config.Problem
-	objects  []config.Resource // the merged sources of the last reload
-	closed   bool
+	// configProblems are the last reload's problems without the bind
+	// failures, which RetryFailed refreshes on its own.
+	configProblems []config.Problem
+	bindFailures   int
+	objects        []config.Resource // the merged sources of the last reload
+	closed         bool
 
 	// reloadMu serialises reloads with applies and deletes through the
 	// admin API, so that each validates against the state it changes.
@@ -110,10 +114,13 @@ func (m *Manager) reload() Result {
 		m.logProblem(p)
 	}
 	bindProblems := m.Apply(snap)
-	problems = append(problems, bindProblems...)
+	configProblems := problems
+	problems = append(append([]config.Problem(nil), problems...), bindProblems...)
 
 	m.mu.Lock()
 	m.problems = problems
+	m.configProblems = configProblems
+	m.bindFailures = len(bindProblems)
 	m.objects = resources
 	res := Result{Listeners: len(m.running)}
 	m.mu.Unlock()
@@ -274,6 +281,30 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// RetryFailed tries again to open the listeners of the current snapshot
+// that could not be bound (a port another process held), so that a port
+// freed later is served without a reload. It returns how many listeners
+// still fail.
+func (m *Manager) RetryFailed() int {
+	m.reloadMu.Lock()
+	defer m.reloadMu.Unlock()
+	m.mu.Lock()
+	failures, snap := m.bindFailures, m.snap
+	m.mu.Unlock()
+	if failures == 0 {
+		return 0
+	}
+	bindProblems := m.Apply(snap)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(bindProblems) < failures {
+		m.log.Info("listeners opened on retry", zap.Int("opened", failures-len(bindProblems)))
+	}
+	m.bindFailures = len(bindProblems)
+	m.problems = append(append([]config.Problem(nil), m.configProblems...), bindProblems...)
+	return len(bindProblems)
 }
 
 // Problems returns the problems of the last reload.

@@ -272,3 +272,37 @@ func TestApplyMovesAListenerBetweenAddresses(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRetryFailedOpensAFreedPort: a listener whose port was taken opens on
+// a later retry once the port is free, without a reload, and its problem
+// goes away.
+func TestRetryFailedOpensAFreedPort(t *testing.T) {
+	a := newEchoUpstream(t, "a")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newManager(t)
+	l := listenerSpec("127.0.0.1", a, "m")
+	l.Port = busy.Addr().(*net.TCPAddr).Port
+	m.mu.Lock()
+	m.snap = snapshot.Snapshot{Listeners: []snapshot.Listener{l}}
+	m.bindFailures = 1
+	m.mu.Unlock()
+	if n := m.RetryFailed(); n != 1 {
+		t.Fatalf("RetryFailed with the port held = %d, want 1", n)
+	}
+	if p := m.Problems(); len(p) != 1 {
+		t.Fatalf("problems = %v, want the bind failure", p)
+	}
+	busy.Close()
+	if n := m.RetryFailed(); n != 0 {
+		t.Fatalf("RetryFailed with the port free = %d, want 0", n)
+	}
+	if p := m.Problems(); len(p) != 0 {
+		t.Errorf("problems after the retry = %v, want none", p)
+	}
+	if _, err := dialThrough(t, addrOf(t, m, l.Key())); err != nil {
+		t.Fatal(err)
+	}
+}

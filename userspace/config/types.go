@@ -42,6 +42,10 @@ type Ref struct {
 	Name      string `json:"name"`
 }
 
+// NamespacedName is "namespace/name", as Kubernetes writes it and as
+// metrics, the admin API and tcpmapctl label a resource.
+func (r Ref) NamespacedName() string { return r.Namespace + "/" + r.Name }
+
 func (r Ref) String() string {
 	return fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name)
 }

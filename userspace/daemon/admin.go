@@ -50,7 +50,7 @@ func (a *admin) Status() api.Status {
 			for _, b := range r.Backends {
 				ms := ls.Stats.Mappings[b.Mapping]
 				l.Mappings = append(l.Mappings, api.Mapping{
-					Name:                  b.Mapping.Namespace + "/" + b.Mapping.Name,
+					Name:                  b.Mapping.NamespacedName(),
 					Active:                ms.Active,
 					Total:                 ms.Total,
 					Spliced:               ms.Spliced,
@@ -86,7 +86,7 @@ func (a *admin) Conns(mapping string) []api.Conn {
 	}
 	var out []api.Conn
 	for _, c := range conns {
-		name := c.Mapping.Namespace + "/" + c.Mapping.Name
+		name := c.Mapping.NamespacedName()
 		if mapping != "" && mapping != name && (strings.Contains(mapping, "/") || mapping != c.Mapping.Name) {
 			continue
 		}

@@ -170,7 +170,7 @@ func Run(ctx context.Context, opts Options) error {
 			ClientTLS:          tlsconfig.ClientConfig,
 			Splicer:            splicer,
 			ObserveDial: func(mapping config.Ref, took time.Duration, err error) {
-				dials.ObserveDial(mapping.Namespace+"/"+mapping.Name, took, err)
+				dials.ObserveDial(mapping.NamespacedName(), took, err)
 			},
 		},
 		DrainTimeout: opts.DrainTimeout,

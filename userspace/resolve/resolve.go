@@ -155,7 +155,7 @@ func newResolver(rs []config.Resource, opts Options) *resolver {
 	return r
 }
 
-func refKey(ref config.Ref) string { return ref.Namespace + "/" + ref.Name }
+func refKey(ref config.Ref) string { return ref.NamespacedName() }
 
 // shortRef is "Kind ns/name", the form messages use to name a resource.
 func shortRef(res *config.Resource) string { return res.Ref.String() }

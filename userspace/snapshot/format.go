@@ -52,7 +52,7 @@ func WriteTable(w io.Writer, s Snapshot) error {
 				}
 				fmt.Fprintln(tw, strings.Join([]string{
 					l.Key(), proto, sni,
-					b.Mapping.Namespace + "/" + b.Mapping.Name,
+					b.Mapping.NamespacedName(),
 					weight, upstream, originSummary(b.Origination),
 					yesNo(l.SpliceEligible(b)),
 					durationOrDash(r.IdleTimeout), r.ConnectTimeout.String(),
@@ -74,7 +74,7 @@ func originSummary(c *TLSClient) string {
 	}
 	parts := []string{"sni=" + orDash(c.ServerName)}
 	if c.Context != nil {
-		parts = append(parts, "ctx="+c.Context.Namespace+"/"+c.Context.Name)
+		parts = append(parts, "ctx="+c.Context.NamespacedName())
 	}
 	if len(c.CertPEM) > 0 {
 		parts = append(parts, "client-cert")

@@ -53,7 +53,7 @@ type relayConn struct {
 	bytesUp, bytesDn atomic.Int64
 	// datapath says how the bytes move, for Conns: set once before
 	// copying starts, read concurrently.
-	datapath atomic.Pointer[string]
+	datapath atomic.Pointer[datapathChoice]
 	// spliceWhy says why a cleartext connection stayed in userspace
 	// (no kernel datapath, or it declined).
 	spliceWhy string

@@ -56,7 +56,7 @@ func (s *Server) Conns() []ConnInfo {
 			BytesToClient:   c.bytesDn.Load(),
 		}
 		if d := c.datapath.Load(); d != nil {
-			info.Datapath, info.Why = splitDatapath(*d)
+			info.Datapath, info.Why = d.label, d.why
 		}
 		c.mu.Lock()
 		if c.bs != nil {
@@ -69,32 +69,28 @@ func (s *Server) Conns() []ConnInfo {
 	return out
 }
 
-// setDatapath records "label|why".
-func (c *relayConn) setDatapath(labelWhy string) { c.datapath.Store(&labelWhy) }
+// datapathChoice is how a connection's bytes move, and why.
+type datapathChoice struct{ label, why string }
 
-func splitDatapath(s string) (label, why string) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '|' {
-			return s[:i], s[i+1:]
-		}
-	}
-	return s, ""
+// setDatapath records the connection's datapath once it is chosen.
+func (c *relayConn) setDatapath(label, why string) {
+	c.datapath.Store(&datapathChoice{label: label, why: why})
 }
 
 // relayDatapath says how relay will move the bytes, and why.
-func (c *relayConn) relayDatapath(idle time.Duration) string {
+func (c *relayConn) relayDatapath(idle time.Duration) (label, why string) {
 	switch {
 	case c.down.tls != nil:
-		return DatapathRelayCopy + "|TLS terminated here"
+		return DatapathRelayCopy, "TLS terminated here"
 	case c.upstream.tls != nil:
-		return DatapathRelayCopy + "|TLS originated here"
+		return DatapathRelayCopy, "TLS originated here"
 	case idle > 0:
-		return DatapathRelayCopy + "|idle timeout needs to see activity"
+		return DatapathRelayCopy, "idle timeout needs to see activity"
 	case c.down.tcp == nil || c.upstream.tcp == nil:
-		return DatapathRelayCopy + "|not a TCP socket"
+		return DatapathRelayCopy, "not a TCP socket"
 	}
 	if c.spliceWhy != "" {
-		return DatapathRelaySplice + "|" + c.spliceWhy
+		return DatapathRelaySplice, c.spliceWhy
 	}
-	return DatapathRelaySplice + "|cleartext both ways"
+	return DatapathRelaySplice, "cleartext both ways"
 }

@@ -111,7 +111,7 @@ func (s *Server) kernelSplice(c *relayConn, up *net.TCPConn, idle time.Duration,
 		return spliceDeclined
 	}
 	m.spliced.Add(1)
-	c.setDatapath(DatapathKernel + "|cleartext passthrough spliced by the kernel")
+	c.setDatapath(DatapathKernel, "cleartext passthrough spliced by the kernel")
 	c.mu.Lock()
 	closed := c.closed
 	if !closed {

@@ -333,6 +333,19 @@ func (m *Manager) ListenerAddrs() map[string]net.Addr {
 	return out
 }
 
+// runs returns the running listeners sorted by key, read under the lock
+// so that callers can query their servers without holding it.
+func (m *Manager) runs() []*runningListener {
+	m.mu.Lock()
+	runs := make([]*runningListener, 0, len(m.running))
+	for _, r := range m.running {
+		runs = append(runs, r)
+	}
+	m.mu.Unlock()
+	sort.Slice(runs, func(i, j int) bool { return runs[i].spec.Key() < runs[j].spec.Key() })
+	return runs
+}
+
 // ListenerStats is one running listener's spec and counters.
 type ListenerStats struct {
 	Spec  snapshot.Listener
@@ -341,13 +354,7 @@ type ListenerStats struct {
 
 // Stats returns every running listener's counters, sorted by key.
 func (m *Manager) Stats() []ListenerStats {
-	m.mu.Lock()
-	runs := make([]*runningListener, 0, len(m.running))
-	for _, r := range m.running {
-		runs = append(runs, r)
-	}
-	m.mu.Unlock()
-	sort.Slice(runs, func(i, j int) bool { return runs[i].spec.Key() < runs[j].spec.Key() })
+	runs := m.runs()
 	out := make([]ListenerStats, 0, len(runs))
 	for _, r := range runs {
 		out = append(out, ListenerStats{Spec: r.spec, Stats: r.server.Stats()})
@@ -357,14 +364,8 @@ func (m *Manager) Stats() []ListenerStats {
 
 // Conns lists the live connections of every running listener.
 func (m *Manager) Conns() []relay.ConnInfo {
-	m.mu.Lock()
-	runs := make([]*runningListener, 0, len(m.running))
-	for _, r := range m.running {
-		runs = append(runs, r)
-	}
-	m.mu.Unlock()
 	var out []relay.ConnInfo
-	for _, r := range runs {
+	for _, r := range m.runs() {
 		out = append(out, r.server.Conns()...)
 	}
 	return out

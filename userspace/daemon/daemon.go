@@ -73,6 +73,19 @@ type Options struct {
 	// DemoUpstream, when set, starts the built-in echo upstream on this
 	// address and probes every cleartext listener once through tcpmapd.
 	DemoUpstream string
+	// Kubernetes watches the getambassador.io resources and the TLS
+	// Secrets they name in the Kubernetes API, as one more source.
+	Kubernetes bool
+	// Kubeconfig is the kubeconfig file; empty means in-cluster config.
+	Kubeconfig string
+	// WatchNamespace limits the Kubernetes source to one namespace; empty
+	// watches all.
+	WatchNamespace string
+	// NodeAddresses limits the listeners opened to those whose address is
+	// empty or one of these: "auto" for this host's interface addresses,
+	// a comma-separated list, or "any"; empty means "auto" with Kubernetes
+	// and "any" without.
+	NodeAddresses string
 }
 
 // ResolveOptions are the resolution settings derived from the flags.
@@ -150,6 +163,10 @@ func Run(ctx context.Context, opts Options) error {
 		defer up.Close()
 	}
 
+	nodeAddress, err := nodeAddressFilter(opts)
+	if err != nil {
+		return fmt.Errorf("--node-addresses: %w", err)
+	}
 	dialer := upstream.NewDialer(upstream.Options{TTL: opts.DNSTTL, Logger: log.Named("upstream")})
 	// The admin API and the metrics read the same status; the manager is
 	// set right below.
@@ -174,6 +191,7 @@ func Run(ctx context.Context, opts Options) error {
 			},
 		},
 		DrainTimeout: opts.DrainTimeout,
+		NodeAddress:  nodeAddress,
 	})
 
 	adm.m = m

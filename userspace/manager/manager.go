@@ -35,6 +35,13 @@ type Options struct {
 	// Store holds the objects applied through the admin API; nil means
 	// the configuration files are the only source.
 	Store *store.Store
+	// NodeAddress, when set, says whether a listener address belongs to
+	// this node; listeners on other addresses are reported and not
+	// opened, so one configuration serves a whole cluster of nodes.
+	NodeAddress func(address string) error
+	// Sources are further providers of resources (Kubernetes), merged
+	// after the files and before the store.
+	Sources []Source
 	// DrainTimeout bounds how long connections of a removed listener (or of
 	// every listener at shutdown) may keep running.
 	DrainTimeout time.Duration
@@ -110,6 +117,8 @@ func (m *Manager) reload() Result {
 	resources, problems := m.loadSources()
 	snap, more := resolve.Resolve(resources, m.opts.Resolve)
 	problems = append(problems, more...)
+	snap, more = m.nodeLocal(snap)
+	problems = append(problems, more...)
 	for _, p := range problems {
 		m.logProblem(p)
 	}
@@ -132,6 +141,40 @@ func (m *Manager) reload() Result {
 		}
 	}
 	return res
+}
+
+// nodeLocal drops the listeners whose address is not this node's, each
+// with a warning on its mappings.
+func (m *Manager) nodeLocal(snap snapshot.Snapshot) (snapshot.Snapshot, []config.Problem) {
+	if m.opts.NodeAddress == nil {
+		return snap, nil
+	}
+	var problems []config.Problem
+	kept := snap.Listeners[:0:0]
+	for _, l := range snap.Listeners {
+		if l.Address == "" {
+			kept = append(kept, l)
+			continue
+		}
+		err := m.opts.NodeAddress(l.Address)
+		if err == nil {
+			kept = append(kept, l)
+			continue
+		}
+		seen := map[config.Ref]bool{}
+		for _, r := range l.Routes {
+			for _, b := range r.Backends {
+				if seen[b.Mapping] {
+					continue
+				}
+				seen[b.Mapping] = true
+				problems = append(problems, config.Problem{Ref: b.Mapping, Field: "spec.address",
+					Reason: fmt.Sprintf("listener %s not opened on this node: %v", l.Key(), err), Level: "warning"})
+			}
+		}
+	}
+	snap.Listeners = kept
+	return snap, problems
 }
 
 func (m *Manager) logProblem(p config.Problem) {

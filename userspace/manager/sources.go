@@ -12,16 +12,41 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/store"
 )
 
-// loadSources reads the configuration files and the store and merges them.
+// Source is a provider of resources besides the configuration files and
+// the admin API's store, such as the Kubernetes API. Its resources are
+// validated and resolved exactly like a file's; their Origin.Source names
+// the source, so the admin API refuses to delete them.
+type Source interface {
+	// Name is how problems and clashes refer to the source ("kubernetes").
+	Name() string
+	// Resources returns the source's current objects and the problems of
+	// the ones it could not decode. It must not block on the network: a
+	// source serves its last good copy while its backend is away.
+	Resources() ([]config.Resource, []config.Problem)
+}
+
+// loadSources reads the configuration files, the other sources and the
+// store, and merges them in that order.
 func (m *Manager) loadSources() ([]config.Resource, []config.Problem) {
+	return m.loadSourcesWith(nil)
+}
+
+// loadSourcesWith is loadSources with the store's entries replaced by
+// applied when it is non-nil (an apply's dry run).
+func (m *Manager) loadSourcesWith(applied []config.Resource) ([]config.Resource, []config.Problem) {
 	files, problems := config.Load(m.opts.ConfigPaths)
-	var applied []config.Resource
-	if m.opts.Store != nil {
+	layers := [][]config.Resource{files}
+	for _, src := range m.opts.Sources {
+		rs, more := src.Resources()
+		problems = append(problems, more...)
+		layers = append(layers, rs)
+	}
+	if applied == nil && m.opts.Store != nil {
 		entries, more := m.opts.Store.Load()
 		problems = append(problems, more...)
 		applied = resources(entries)
 	}
-	merged, clashes := Merge(files, applied)
+	merged, clashes := Merge(append(layers, applied)...)
 	return merged, append(problems, clashes...)
 }
 
@@ -33,38 +58,56 @@ func resources(entries []store.Entry) []config.Resource {
 	return out
 }
 
-// Merge joins the resources of the configuration files and those applied
-// through the admin API, files first: in resolution the earlier resource
-// wins a conflict, and the files are the operator's base configuration. A
-// name used by both is an error on the applied object, the newer source;
-// the file's object is kept.
-func Merge(files, applied []config.Resource) ([]config.Resource, []config.Problem) {
-	seen := make(map[config.Ref]config.Origin, len(files))
-	out := make([]config.Resource, 0, len(files)+len(applied))
-	for _, r := range files {
-		seen[r.Ref] = r.Origin
-		out = append(out, r)
-	}
+// Merge joins the resources of several sources, oldest first: the
+// configuration files (the operator's base configuration), then other
+// sources such as Kubernetes, then the objects applied through the admin
+// API. In resolution the earlier resource wins a conflict. A name already
+// used by an earlier source is an error on the newer copy, which is
+// dropped; the earlier object is kept.
+func Merge(sources ...[]config.Resource) ([]config.Resource, []config.Problem) {
+	seen := make(map[config.Ref]config.Origin)
+	var out []config.Resource
 	var problems []config.Problem
-	for _, r := range applied {
-		if first, ok := seen[r.Ref]; ok {
-			problems = append(problems, clashProblem(r, first))
-			continue
+	for _, rs := range sources {
+		for _, r := range rs {
+			if first, ok := seen[r.Ref]; ok {
+				problems = append(problems, clashProblem(r, first))
+				continue
+			}
+			seen[r.Ref] = r.Origin
+			out = append(out, r)
 		}
-		seen[r.Ref] = r.Origin
-		out = append(out, r)
 	}
 	return out, problems
 }
 
 func clashProblem(r config.Resource, first config.Origin) config.Problem {
+	fix := "remove one of them"
+	if r.Origin.Source == store.Source {
+		fix = "remove it with tcpmapctl remove"
+	}
 	return config.Problem{
 		Ref:    r.Ref,
 		Origin: r.Origin,
 		Field:  "metadata.name",
-		Reason: fmt.Sprintf("defined both in %s and through the admin API; the file's object is served and the admin API's copy is ignored (remove it with tcpmapctl remove)",
-			first),
+		Reason: fmt.Sprintf("defined both in %s and by %s; the first is served and this copy is ignored (%s)",
+			describeOrigin(first), describeOrigin(r.Origin), fix),
 		Level: "error",
+	}
+}
+
+// describeOrigin names a source for a clash message: the file, the admin
+// API, or the source's name.
+func describeOrigin(o config.Origin) string {
+	switch {
+	case o.File != "" && o.Source != store.Source:
+		return o.String()
+	case o.Source == store.Source:
+		return "the admin API"
+	case o.Source != "":
+		return o.Source
+	default:
+		return "a configuration file"
 	}
 }
 
@@ -206,7 +249,6 @@ func (m *Manager) ApplyObjects(name string, data []byte) (ApplyResult, error) {
 
 	// Dry run: what the next reload would see, the applied objects as the
 	// newest of the store.
-	files, _ := config.Load(m.opts.ConfigPaths)
 	entries, _ := m.opts.Store.Load()
 	var kept []config.Resource
 	old := make(map[config.Ref][]byte)
@@ -217,7 +259,7 @@ func (m *Manager) ApplyObjects(name string, data []byte) (ApplyResult, error) {
 		}
 		kept = append(kept, e.Resource)
 	}
-	merged, clashes := Merge(files, append(kept, applied...))
+	merged, clashes := m.loadSourcesWith(append(kept, applied...))
 	_, more := resolve.Resolve(merged, m.opts.Resolve)
 	for _, p := range append(clashes, more...) {
 		if !isApplied[p.Ref] || p.Origin.Source != store.Source {

@@ -12,3 +12,9 @@ package datapath
 // from linux-libc-dev and libbpf-dev.
 //
 //go:generate go tool bpf2go -cc clang-14 -tags linux -target bpfel -type pair -type dir_state -type dir_ctl -type mapping_total -type event -type prog_stats -type dir_mode -type pass_reason -type event_kind splice ../bpf/splice.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror
+//
+// bpf/lookup.c holds the listener tables the manager syncs and the
+// sk_lookup program that steers every mapped port to one listening socket
+// per address family.
+//
+//go:generate go tool bpf2go -cc clang-14 -tags linux -target bpfel -type listener_key -type listener -type mapping -type listener_stat -type listen_socket lookup ../bpf/lookup.c -- -I/usr/include/x86_64-linux-gnu -Wall -Werror

@@ -34,7 +34,16 @@ const DefaultPinDir = "/sys/fs/bpf/tcpmap"
 //	├── events               RINGBUF       struct event (a direction entered pass mode)
 //	├── stats                PERCPU_ARRAY  0 → struct prog_stats
 //	├── prog_splice_verdict  the sk_skb stream verdict program
-//	└── link_splice_verdict  its bpf_link on sock_hash (absent with legacy attach)
+//	├── link_splice_verdict  its bpf_link on sock_hash (absent with legacy attach)
+//	├── listeners            HASH          (family, address, port) → struct listener   (bpf/lookup.c)
+//	├── mappings             HASH          mapping id → struct mapping (name, upstream, weight, flags)
+//	├── listen_socks         SOCKMAP       0 IPv4, 1 IPv6 → the shared listening socket
+//	├── listener_stats       PERCPU_HASH   listener id → struct listener_stat
+//	├── prog_steer_listener  the sk_lookup program
+//	└── link_steer_listener  its bpf_link on the daemon's network namespace
+//
+// datapath/README.md documents each map's fields and how to read them
+// with bpftool.
 //
 // The directory itself is flock(2)ed by the owning process for as long as
 // the objects are loaded: a second daemon with the same directory fails
@@ -42,8 +51,10 @@ const DefaultPinDir = "/sys/fs/bpf/tcpmap"
 // lock that can be taken proves that whatever is pinned there belongs to a
 // dead process.
 const (
-	pinProgram = "prog_splice_verdict"
-	pinLink    = "link_splice_verdict"
+	pinProgram       = "prog_splice_verdict"
+	pinLink          = "link_splice_verdict"
+	pinLookupProgram = "prog_steer_listener"
+	pinLookupLink    = "link_steer_listener"
 )
 
 // minKernel is the oldest kernel the datapath accepts: 6.4 fixed a series
@@ -68,6 +79,9 @@ type Options struct {
 	// ForceFailure makes Load fail with ReasonForced, like
 	// TCPMAP_FORCE_BPF_FAIL=1. For tests of the userspace fallback.
 	ForceFailure bool
+	// NoSteering leaves the sk_lookup program unattached, so every
+	// listener binds a socket of its own (tcpmapd --sk-lookup=off).
+	NoSteering bool
 	// Log receives what start-up cleaned up; nil discards.
 	Log *zap.Logger
 }
@@ -95,6 +109,14 @@ type Objects struct {
 	prog   *ebpf.Program
 	link   link.Link // nil with AttachLegacy
 	attach AttachMode
+
+	lookup     lookupMaps
+	lookupProg *ebpf.Program
+	lookupLink link.Link // nil when steering is off or unsupported
+	// steerErr says why sk_lookup steering is unavailable; nil when
+	// lookupLink is attached.
+	steerErr error
+	tables   tables
 
 	// Cleaned lists the stale pinned objects Load removed from a previous
 	// run (for logs and tests).
@@ -146,7 +168,11 @@ func Load(opts Options) (_ *Objects, err error) {
 	if err != nil {
 		return nil, classify("parse embedded object", err)
 	}
-	if err := o.cleanStale(spec); err != nil {
+	lspec, err := loadLookup()
+	if err != nil {
+		return nil, classify("parse embedded object", err)
+	}
+	if err := o.cleanStale(spec, lspec); err != nil {
 		return nil, classify("clean stale pins in "+o.dir, err)
 	}
 	if err := o.load(spec, opts); err != nil {
@@ -154,6 +180,18 @@ func Load(opts Options) (_ *Objects, err error) {
 	}
 	if err := o.attachVerdict(opts.LegacyAttach); err != nil {
 		return nil, err
+	}
+	if err := o.loadLookup(lspec, opts); err != nil {
+		return nil, err
+	}
+	o.tables.init()
+	if opts.NoSteering {
+		o.steerErr = errors.New("turned off (--sk-lookup=off)")
+	} else {
+		o.steerErr = o.attachSteering()
+	}
+	if o.steerErr != nil {
+		log.Info("sk_lookup steering unavailable; every listener binds its own socket", zap.Error(o.steerErr))
 	}
 	return o, nil
 }
@@ -193,7 +231,7 @@ func (o *Objects) lockDir() error {
 // and there is nothing to adopt. Recreating is the only policy; the
 // compatibility check only tells the log whether the leftovers came from
 // this build.
-func (o *Objects) cleanStale(spec *ebpf.CollectionSpec) error {
+func (o *Objects) cleanStale(specs ...*ebpf.CollectionSpec) error {
 	entries, err := os.ReadDir(o.dir)
 	if err != nil {
 		return err
@@ -201,7 +239,13 @@ func (o *Objects) cleanStale(spec *ebpf.CollectionSpec) error {
 	var errs []error
 	for _, ent := range entries {
 		path := filepath.Join(o.dir, ent.Name())
-		what := describePinned(path, spec.Maps[ent.Name()])
+		var want *ebpf.MapSpec
+		for _, spec := range specs {
+			if ms, ok := spec.Maps[ent.Name()]; ok {
+				want = ms
+			}
+		}
+		what := describePinned(path, want)
 		if err := os.RemoveAll(path); err != nil {
 			errs = append(errs, fmt.Errorf("remove stale %s: %w", path, err))
 			continue
@@ -367,6 +411,7 @@ func (o *Objects) Close() error {
 		}
 	}
 	o.maps = spliceMaps{}
+	errs = append(errs, o.closeLookup())
 	if o.lock != nil {
 		if err := os.Remove(o.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove pin directory: %w", err))

@@ -18,8 +18,9 @@ import (
 )
 
 // pinnedNames are the objects Load pins with a bpf_link attach.
-var pinnedNames = []string{"ctl", "dirs", "events", "link_splice_verdict", "mapping_totals",
-	"pairs", "prog_splice_verdict", "sock_hash", "stats"}
+var pinnedNames = []string{"ctl", "dirs", "events", "link_splice_verdict", "link_steer_listener",
+	"listen_socks", "listener_stats", "listeners", "mapping_totals", "mappings",
+	"pairs", "prog_splice_verdict", "prog_steer_listener", "sock_hash", "stats"}
 
 func listDir(t *testing.T, dir string) []string {
 	t.Helper()

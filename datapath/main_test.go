@@ -10,16 +10,24 @@ import (
 	"github.com/tcpmap/tcpmap/datapath/internal/privtest"
 )
 
-// TestMain fails the run if the tests leak goroutines or file
-// descriptors (an unclosed map or program is a leaked descriptor). A
-// re-executed child that only loads and waits to be killed (see
-// TestRestartAfterSIGKILL) never gets here.
+// TestMain runs the tests in a private network namespace (when root), so
+// the sk_lookup program Load attaches never sees the machine's traffic,
+// and fails the run if the tests leak goroutines or file descriptors (an
+// unclosed map or program is a leaked descriptor). A re-executed child
+// that only loads and waits to be killed (see TestRestartAfterSIGKILL)
+// never gets here.
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(hangEnv); dir != "" {
 		os.Exit(loadAndHang(dir))
 	}
+	os.Exit(privtest.RunInNetNS(leakCheck{m}))
+}
+
+type leakCheck struct{ m *testing.M }
+
+func (l leakCheck) Run() int {
 	before := privtest.OpenFDs()
-	code := m.Run()
+	code := l.m.Run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goroutine leak: %v\n", err)
@@ -29,5 +37,5 @@ func TestMain(m *testing.M) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }

@@ -327,6 +327,14 @@ func (o *Objects) name(m *ebpf.Map) string {
 		return spliceMapEvents
 	case o.maps.Stats:
 		return spliceMapStats
+	case o.lookup.Listeners:
+		return lookupMapListeners
+	case o.lookup.Mappings:
+		return lookupMapMappings
+	case o.lookup.ListenSocks:
+		return lookupMapListenSocks
+	case o.lookup.ListenerStats:
+		return lookupMapListenerStats
 	}
 	return m.String()
 }

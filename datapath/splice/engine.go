@@ -257,8 +257,10 @@ func (e *Engine) mappingID(label string) (uint32, error) {
 	if id, ok := e.mappings[label]; ok {
 		return id, nil
 	}
-	id := uint32(len(e.mappings) + 1)
-	if err := e.obj.EnsureMapping(id); err != nil {
+	// The datapath assigns the id, so that the kernel's totals and the
+	// listener tables the manager syncs use the same one.
+	id, err := e.obj.MappingID(label)
+	if err != nil {
 		return 0, err
 	}
 	e.mappings[label] = id

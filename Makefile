@@ -8,7 +8,7 @@ PKGS    := ./...
 # eating CI's budget.
 TEST_TIMEOUT ?= 30m
 
-.PHONY: all build test unit e2e run bench lint fmt vet clean
+.PHONY: all build test unit e2e run bench lint fmt vet clean image
 
 all: build
 
@@ -44,13 +44,46 @@ BENCH_FLAGS ?=
 bench:
 	$(GO) run ./test/bench $(BENCH_FLAGS)
 
+## image: the container image $(IMAGE) with podman (deploy/Containerfile).
+## No base image can be pulled here, so the static binaries are built on the
+## host into the staging context $(IMAGE_CONTEXT) and copied into FROM scratch.
+## BPFTOOL= (empty) leaves bpftool out; by default the host's is copied with
+## the shared libraries ldd lists for it.
+IMAGE         ?= localhost/tcpmap:dev
+IMAGE_CONTEXT ?= $(BIN)/image
+PODMAN        ?= podman
+BPFTOOL       ?= $(shell command -v bpftool 2>/dev/null || ls /usr/sbin/bpftool 2>/dev/null)
+CA_BUNDLE     ?= /etc/ssl/certs/ca-certificates.crt
+image:
+	rm -rf $(IMAGE_CONTEXT)
+	mkdir -p $(IMAGE_CONTEXT)/etc $(IMAGE_CONTEXT)/bpftool
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/tcpmapd ./cmd/tcpmapd
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(IMAGE_CONTEXT)/tcpmapctl ./cmd/tcpmapctl
+	printf 'root:x:0:0:root:/:/sbin/nologin\n' > $(IMAGE_CONTEXT)/etc/passwd
+	printf 'root:x:0:\n' > $(IMAGE_CONTEXT)/etc/group
+	cp -L $(CA_BUNDLE) $(IMAGE_CONTEXT)/ca-certificates.crt
+	@if [ -n "$(BPFTOOL)" ]; then \
+		set -e; ctx=$(IMAGE_CONTEXT)/bpftool; \
+		mkdir -p $$ctx/usr/sbin; cp -L $(BPFTOOL) $$ctx/usr/sbin/bpftool; \
+		for lib in $$(ldd $(BPFTOOL) 2>/dev/null | grep -o '/[^ ]*'); do \
+			mkdir -p $$ctx$$(dirname $$lib); cp -L $$lib $$ctx$$lib; \
+		done; \
+		echo "bpftool: $(BPFTOOL) and $$(ldd $(BPFTOOL) 2>/dev/null | grep -c '/') shared libraries"; \
+	else \
+		echo "bpftool: not found on this host (or BPFTOOL= given); the image has none"; \
+	fi
+	$(PODMAN) build -t $(IMAGE) -f deploy/Containerfile \
+		--build-arg VERSION=$$(git describe --always --dirty 2>/dev/null || echo dev) \
+		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+		$(IMAGE_CONTEXT)
+
 ## generate: rebuild the BPF object and its Go bindings (needs clang-14, llvm-14, libbpf-dev)
 .PHONY: generate check-generate
 generate:
 	$(GO) generate ./...
 
 ## check-generate: fail when the committed BPF object or bindings differ from what the sources build
-BPF_GENERATED := datapath/splice_bpfel.go datapath/splice_bpfel.o
+BPF_GENERATED := datapath/splice_bpfel.go datapath/splice_bpfel.o datapath/lookup_bpfel.go datapath/lookup_bpfel.o
 check-generate: generate
 	@git ls-files --error-unmatch $(BPF_GENERATED) >/dev/null || \
 		{ echo "generated BPF files are not committed: $(BPF_GENERATED)"; exit 1; }

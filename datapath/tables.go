@@ -166,6 +166,18 @@ func (o *Objects) MappingName(id uint32) string {
 	return ""
 }
 
+// ListenerName is the name a listener id was assigned to, or "".
+func (o *Objects) ListenerName(id uint32) string {
+	o.tables.mu.Lock()
+	defer o.tables.mu.Unlock()
+	for name, i := range o.tables.listenerIDs {
+		if i == id {
+			return name
+		}
+	}
+	return ""
+}
+
 // SyncTables makes the listeners and mappings maps describe exactly the
 // given listeners: entries are updated in place, new ones inserted, and
 // those no longer configured deleted (unless a shared socket still serves

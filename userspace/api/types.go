@@ -26,6 +26,11 @@ type BPFStatus struct {
 	AttachMode string   `json:"attach_mode"` // "link" or "legacy"
 	Maps       []string `json:"maps"`
 	Programs   []string `json:"programs"`
+	// Steering says how listeners get their connections: "sk_lookup"
+	// (one shared socket per address family serves every port) or
+	// "per-port sockets"; SteeringReason says why when sk_lookup is off.
+	Steering       string `json:"steering"`
+	SteeringReason string `json:"steering_reason,omitempty"`
 }
 
 // KernelStat summarises the kernel datapath.
@@ -44,6 +49,35 @@ type Listener struct {
 	// Refusals before a mapping was chosen (PROXY header, TLS handshake,
 	// unknown SNI), by reason.
 	Refusals map[string]uint64 `json:"refusals,omitempty"`
+	// BPF is the listener's entry in the pinned listeners map.
+	BPF *ListenerBPF `json:"bpf,omitempty"`
+}
+
+// ListenerBPF is a listener as the pinned maps listeners and
+// listener_stats hold it.
+type ListenerBPF struct {
+	ID uint32 `json:"id"`
+	// Steered: the sk_lookup program assigns its connections to the
+	// shared socket of their family.
+	Steered   bool     `json:"steered"`
+	Endpoints []string `json:"endpoints"` // the map's keys: address:port, 0.0.0.0/:: for any
+	// SteeredConnections is listener_stats' count of connections the
+	// program assigned.
+	SteeredConnections uint64 `json:"steered_connections"`
+}
+
+// MappingBPF is a mapping as the pinned maps mappings and
+// mapping_totals hold it.
+type MappingBPF struct {
+	ID         uint32   `json:"id"`
+	ListenerID uint32   `json:"listener_id"`
+	Weight     uint32   `json:"weight"`
+	Upstream   string   `json:"upstream"`
+	Flags      []string `json:"flags"` // splice, tls-terminate, tls-originate, proxy-out
+	// Kernel totals of its spliced pairs, live and closed (mapping_totals).
+	Bytes       uint64 `json:"bytes"`
+	Packets     uint64 `json:"packets"`
+	PassedBytes uint64 `json:"passed_bytes"`
 }
 
 // Mapping is one TCPMapping's counters on a listener.
@@ -60,6 +94,8 @@ type Mapping struct {
 	KernelBytesToClient   uint64            `json:"kernel_bytes_to_client"`
 	Refusals              map[string]uint64 `json:"refusals,omitempty"`
 	IdleClosed            uint64            `json:"idle_closed"`
+	// BPF is the mapping's entry in the pinned mappings map.
+	BPF *MappingBPF `json:"bpf,omitempty"`
 }
 
 // Problem is one configuration problem.

@@ -20,6 +20,11 @@ func WriteStatus(w io.Writer, s api.Status) error {
 		fmt.Fprintf(w, "BPF:       pinned at %s, attached by %s\n", s.BPF.PinDir, s.BPF.AttachMode)
 		fmt.Fprintf(w, "           maps: %s\n", strings.Join(s.BPF.Maps, ", "))
 		fmt.Fprintf(w, "           programs: %s\n", strings.Join(s.BPF.Programs, ", "))
+		steering := s.BPF.Steering
+		if s.BPF.SteeringReason != "" {
+			steering += " (" + s.BPF.SteeringReason + ")"
+		}
+		fmt.Fprintf(w, "Steering:  %s\n", steering)
 	}
 	if s.Kernel != nil {
 		fmt.Fprintf(w, "Spliced:   %d connection(s) in the kernel\n", s.Kernel.Pairs)
@@ -44,6 +49,11 @@ func WriteStatus(w io.Writer, s api.Status) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if s.BPF != nil {
+		if err := writeTables(w, s); err != nil {
+			return err
+		}
+	}
 	if len(s.Problems) > 0 {
 		fmt.Fprintf(w, "\nProblems:\n")
 		for _, p := range s.Problems {
@@ -51,6 +61,40 @@ func WriteStatus(w io.Writer, s api.Status) error {
 		}
 	}
 	return nil
+}
+
+// writeTables prints the pinned listener tables as bpftool would show
+// them, one row per listener and per mapping, with the names tcpmapctl
+// uses.
+func writeTables(w io.Writer, s api.Status) error {
+	fmt.Fprintf(w, "\nBPF tables (bpftool map dump pinned %s/{listeners,mappings,listener_stats,mapping_totals}):\n", s.BPF.PinDir)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "LISTENER\tID\tENDPOINTS\tSTEERED\tCONNS-STEERED")
+	for _, l := range s.Listeners {
+		if l.BPF == nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\n", l.Key)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%t\t%d\n", l.Key, l.BPF.ID, strings.Join(l.BPF.Endpoints, ","), l.BPF.Steered,
+			l.BPF.SteeredConnections)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "MAPPING\tID\tLISTENER-ID\tWEIGHT\tUPSTREAM\tFLAGS\tKERNEL-BYTES")
+	for _, l := range s.Listeners {
+		for _, m := range l.Mappings {
+			if m.BPF == nil {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\n", m.Name)
+				continue
+			}
+			flags := strings.Join(m.BPF.Flags, ",")
+			if flags == "" {
+				flags = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\n", m.Name, m.BPF.ID, m.BPF.ListenerID, m.BPF.Weight,
+				m.BPF.Upstream, flags, iec(m.BPF.Bytes))
+		}
+	}
+	return tw.Flush()
 }
 
 // WriteConns prints live connections as a table, oldest first.

@@ -60,15 +60,18 @@ func TestStatusTable(t *testing.T) {
 	s := api.Status{
 		Datapath:       "kernel+userspace",
 		DatapathReason: "cleartext passthrough spliced by eBPF sockmap",
-		BPF:            &api.BPFStatus{PinDir: "/sys/fs/bpf/tcpmap", AttachMode: "link", Maps: []string{"sockmap", "pairs"}, Programs: []string{"sk_msg", "sk_skb"}},
+		BPF: &api.BPFStatus{PinDir: "/sys/fs/bpf/tcpmap", AttachMode: "bpf_link", Maps: []string{"listeners", "mappings", "pairs", "sock_hash"},
+			Programs: []string{"splice_verdict", "steer_listener"}, Steering: "sk_lookup"},
 		Kernel:         &api.KernelStat{Pairs: 3},
 		Listeners: []api.Listener{
 			{Key: "*:2222", Protocol: "TCP", Active: 3, Accepted: 10, Mappings: []api.Mapping{
-				{Name: "default/ssh", Active: 3, Total: 10, Spliced: 9, BytesToUpstream: 100, KernelBytesToUpstream: 2048, BytesToClient: 5 << 20},
-			}},
+				{Name: "default/ssh", Active: 3, Total: 10, Spliced: 9, BytesToUpstream: 100, KernelBytesToUpstream: 2048, BytesToClient: 5 << 20,
+					BPF: &api.MappingBPF{ID: 1, ListenerID: 1, Weight: 100, Upstream: "10.0.0.5:22", Flags: []string{"splice"}, Bytes: 2048 + 5<<20}},
+			}, BPF: &api.ListenerBPF{ID: 1, Steered: true, Endpoints: []string{"0.0.0.0:2222", "[::]:2222"}, SteeredConnections: 10}},
 			{Key: "127.0.0.1:8443", Protocol: "TLS", Proxy: true, Refusals: map[string]uint64{"unknown-sni": 2}, Mappings: []api.Mapping{
-				{Name: "ops/db", Total: 4, Refusals: map[string]uint64{"dial": 1, "breaker": 3}},
-			}},
+				{Name: "ops/db", Total: 4, Refusals: map[string]uint64{"dial": 1, "breaker": 3},
+					BPF: &api.MappingBPF{ID: 2, ListenerID: 2, Weight: 20, Upstream: "db:5432", Flags: []string{"tls-terminate"}}},
+			}, BPF: &api.ListenerBPF{ID: 2, Steered: true, Endpoints: []string{"127.0.0.1:8443"}, SteeredConnections: 6}},
 			{Key: "*:9000", Protocol: "TCP"},
 		},
 		Problems: []api.Problem{{Level: "error", Message: "TCPMapping default/x: spec.port: port must be 1..65535, got 70000 (/etc/tcpmap/x.yaml:7)"}},

@@ -17,6 +17,9 @@ type kernelView interface {
 	// DescribeAll returns the kernel's view of the spliced connections
 	// with these handles; ended ones are missing.
 	DescribeAll(handles []relay.SplicedConn) map[relay.SplicedConn]*api.KernelConn
+	// Tables reads the pinned listener tables by listener key and by
+	// mapping name.
+	Tables() (map[string]*api.ListenerBPF, map[string]*api.MappingBPF)
 }
 
 // admin answers the admin API from the manager and, when it runs, the
@@ -32,9 +35,12 @@ var _ api.Backend = (*admin)(nil)
 
 func (a *admin) Status() api.Status {
 	s := api.Status{Datapath: a.datapath, DatapathReason: a.reason, Listeners: []api.Listener{}, Problems: []api.Problem{}}
+	var bpfListeners map[string]*api.ListenerBPF
+	var bpfMappings map[string]*api.MappingBPF
 	if a.kernel != nil {
 		s.BPF = a.kernel.BPFStatus()
 		s.Kernel = &api.KernelStat{Pairs: a.kernel.Pairs()}
+		bpfListeners, bpfMappings = a.kernel.Tables()
 	}
 	for _, ls := range a.m.Stats() {
 		l := api.Listener{
@@ -45,6 +51,7 @@ func (a *admin) Status() api.Status {
 			Accepted: ls.Stats.Listener.Accepted,
 			Refusals: nonZero(ls.Stats.Listener.ByReason()),
 			Mappings: []api.Mapping{},
+			BPF:      bpfListeners[ls.Spec.Key()],
 		}
 		for _, r := range ls.Spec.Routes {
 			for _, b := range r.Backends {
@@ -60,6 +67,7 @@ func (a *admin) Status() api.Status {
 					KernelBytesToClient:   ms.KernelBytesToClient,
 					Refusals:              nonZero(ms.Refusals.ByReason()),
 					IdleClosed:            ms.IdleClosed,
+					BPF:                   bpfMappings[b.Mapping.NamespacedName()],
 				})
 			}
 		}

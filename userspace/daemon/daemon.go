@@ -20,6 +20,7 @@ import (
 
 	"github.com/tcpmap/tcpmap/datapath"
 	"github.com/tcpmap/tcpmap/datapath/splice"
+	"github.com/tcpmap/tcpmap/datapath/steer"
 	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/config"
 	"github.com/tcpmap/tcpmap/userspace/demo"
@@ -81,12 +82,22 @@ type Options struct {
 	// WatchNamespace limits the Kubernetes source to one namespace; empty
 	// watches all.
 	WatchNamespace string
+	// SKLookup is "auto", "on" or "off": serve every listener from one
+	// socket per family through the sk_lookup program.
+	SKLookup string
 	// NodeAddresses limits the listeners opened to those whose address is
 	// empty or one of these: "auto" for this host's interface addresses,
 	// a comma-separated list, or "any"; empty means "auto" with Kubernetes
 	// and "any" without.
 	NodeAddresses string
 }
+
+// Values of --sk-lookup.
+const (
+	SKLookupAuto = "auto"
+	SKLookupOn   = "on"
+	SKLookupOff  = "off"
+)
 
 // ResolveOptions are the resolution settings derived from the flags.
 func (o Options) ResolveOptions() resolve.Options {
@@ -117,7 +128,7 @@ func openDatapath(opts Options, log *zap.Logger) (label, why string, k *kernel, 
 		return "", "", nil, fmt.Errorf("--datapath %q: want auto, ebpf or userspace", opts.Datapath)
 	}
 	e, err := splice.Open(splice.Options{
-		Datapath: datapath.Options{PinDir: opts.BPFFS, Log: log.Named("datapath")},
+		Datapath: datapath.Options{PinDir: opts.BPFFS, Log: log.Named("datapath"), NoSteering: opts.SKLookup == SKLookupOff},
 		Bound:    opts.SpliceBound,
 		Log:      log.Named("splice"),
 	})
@@ -127,10 +138,24 @@ func openDatapath(opts Options, log *zap.Logger) (label, why string, k *kernel, 
 		}
 		return LabelUserspace, fmt.Sprintf("falling back to userspace for every mapping: %v", err), nil, nil
 	}
+	k = &kernel{e: e}
+	steering := "listeners served by one socket per address family through sk_lookup"
+	if ok, serr := e.Datapath().Steering(); !ok {
+		k.steerWhy = serr.Error()
+	} else if k.steer, err = steer.New(e.Datapath(), log.Named("steer")); err != nil {
+		k.steerWhy = err.Error()
+	}
+	if k.steer == nil {
+		if opts.SKLookup == SKLookupOn {
+			e.Close()
+			return "", "", nil, fmt.Errorf("--sk-lookup on: %s", k.steerWhy)
+		}
+		steering = "one socket per listener (sk_lookup: " + k.steerWhy + ")"
+	}
 	st := e.Stats()
-	why = fmt.Sprintf("cleartext passthrough spliced by eBPF sockmap (pinned at %s, attached by %s); TLS relayed in userspace",
-		st.PinDir, st.Attach)
-	return LabelKernel, why, &kernel{e: e}, nil
+	why = fmt.Sprintf("cleartext passthrough spliced by eBPF sockmap (pinned at %s, attached by %s); TLS relayed in userspace; %s",
+		st.PinDir, st.Attach, steering)
+	return LabelKernel, why, k, nil
 }
 
 // Run serves until ctx is cancelled (SIGTERM/SIGINT in main), then drains
@@ -147,6 +172,9 @@ func Run(ctx context.Context, opts Options) error {
 	if k != nil {
 		splicer, view = k, k
 		defer func() {
+			if k.steer != nil {
+				k.steer.Close()
+			}
 			if err := k.e.Close(); err != nil {
 				log.Error("closing the eBPF datapath", zap.Error(err))
 			} else {
@@ -173,7 +201,7 @@ func Run(ctx context.Context, opts Options) error {
 	adm := &admin{datapath: dp, reason: why, kernel: view}
 	mh := metrics.New(adm, metrics.Options{Logger: log.Named("metrics")})
 	dials := mh.DialObserver()
-	m := manager.New(manager.Options{
+	mopts := manager.Options{
 		Logger:      log,
 		ConfigPaths: opts.ConfigPaths,
 		Store:       stateStore(opts.StateDir),
@@ -192,7 +220,11 @@ func Run(ctx context.Context, opts Options) error {
 		},
 		DrainTimeout: opts.DrainTimeout,
 		NodeAddress:  nodeAddress,
-	})
+	}
+	if k != nil {
+		mopts.Listen, mopts.Tables = k.listen, k
+	}
+	m := manager.New(mopts)
 
 	adm.m = m
 	if opts.MetricsAddr != "" {

@@ -30,6 +30,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ConnectTimeout, "connect-timeout", snapshot.DefaultConnectTimeout, "upstream connect deadline (annotation tcpmap.io/connect-timeout-ms overrides per mapping)")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "how long live connections may finish after SIGTERM or removal of their listener")
 	fs.DurationVar(&o.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")
+	fs.StringVar(&o.SKLookup, "sk-lookup", SKLookupAuto, "with the eBPF datapath, serve every listener from one socket per address family through sk_lookup: auto, on or off (one socket per listener)")
 	fs.StringVar(&o.BPFFS, "bpffs", datapath.DefaultPinDir, "directory on a bpffs where the eBPF objects are pinned (inspect with bpftool)")
 	fs.Var(&sizeFlag{&o.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
 	fs.StringVar(&o.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
@@ -53,6 +54,11 @@ func (o *Options) Validate() error {
 	}
 	if o.WatchNamespace != "" && !o.Kubernetes {
 		return errors.New("--watch-namespace needs --kubernetes")
+	}
+	switch o.SKLookup {
+	case SKLookupAuto, SKLookupOn, SKLookupOff, "":
+	default:
+		return fmt.Errorf("--sk-lookup %q: want auto, on or off", o.SKLookup)
 	}
 	if _, err := parseNodeAddresses(o.NodeAddresses); err != nil {
 		return fmt.Errorf("--node-addresses: %w", err)

@@ -39,6 +39,15 @@ type Options struct {
 	// this node; listeners on other addresses are reported and not
 	// opened, so one configuration serves a whole cluster of nodes.
 	NodeAddress func(address string) error
+	// Listen opens a listener's socket; nil binds one with net.Listen.
+	// The daemon passes the sk_lookup steering here, which serves every
+	// port from one socket per family.
+	Listen func(spec snapshot.Listener) (net.Listener, error)
+	// Tables, when set, receives every applied snapshot (after node
+	// filtering) to mirror into the kernel's listener tables.
+	Tables interface {
+		Sync(snapshot.Snapshot) error
+	}
 	// Sources are further providers of resources (Kubernetes), merged
 	// after the files and before the store.
 	Sources []Source
@@ -123,6 +132,12 @@ func (m *Manager) reload() Result {
 		m.logProblem(p)
 	}
 	bindProblems := m.Apply(snap)
+	if m.opts.Tables != nil {
+		if err := m.opts.Tables.Sync(snap); err != nil {
+			// Inspection only: traffic does not depend on the tables.
+			m.log.Warn("sync listener tables into BPF maps", zap.Error(err))
+		}
+	}
 	configProblems := problems
 	problems = append(append([]config.Problem(nil), problems...), bindProblems...)
 
@@ -268,8 +283,11 @@ func (m *Manager) start(spec snapshot.Listener) (*runningListener, error) {
 	if err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(context.Background(), "tcp", spec.BindAddress())
+	listen := m.opts.Listen
+	if listen == nil {
+		listen = BindListener
+	}
+	ln, err := listen(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -283,6 +301,12 @@ func (m *Manager) start(spec snapshot.Listener) (*runningListener, error) {
 	m.log.Info("listening", zap.String("listener", spec.Key()), zap.String("protocol", string(spec.Protocol)),
 		zap.Int("routes", len(spec.Routes)))
 	return run, nil
+}
+
+// BindListener opens a socket of its own for a listener.
+func BindListener(spec snapshot.Listener) (net.Listener, error) {
+	var lc net.ListenConfig
+	return lc.Listen(context.Background(), "tcp", spec.BindAddress())
 }
 
 // drain stops run accepting now and lets its connections finish within the
@@ -340,6 +364,12 @@ func (m *Manager) RetryFailed() int {
 		return 0
 	}
 	bindProblems := m.Apply(snap)
+	if m.opts.Tables != nil {
+		if err := m.opts.Tables.Sync(snap); err != nil {
+			// Inspection only: traffic does not depend on the tables.
+			m.log.Warn("sync listener tables into BPF maps", zap.Error(err))
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(bindProblems) < failures {

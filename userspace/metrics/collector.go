@@ -29,6 +29,9 @@ type statusCollector struct {
 	configProblems    *prometheus.Desc
 	datapathInfo      *prometheus.Desc
 	kernelSpliced     *prometheus.Desc
+	bpfMappingBytes   *prometheus.Desc
+	bpfMappingPassed  *prometheus.Desc
+	listenerSteered   *prometheus.Desc
 }
 
 func newStatusCollector(src Source) *statusCollector {
@@ -62,6 +65,13 @@ func newStatusCollector(src Source) *statusCollector {
 			"The datapath in use and why; always 1.", []string{"datapath", "reason"}, nil),
 		kernelSpliced: prometheus.NewDesc("tcpmap_kernel_spliced_connections",
 			"Connections spliced by the kernel datapath now.", nil, nil),
+		bpfMappingBytes: prometheus.NewDesc("tcpmap_bpf_mapping_bytes_total",
+			"Payload bytes of a mapping's spliced connections, live and closed, both directions, as the BPF map mapping_totals counts them (per CPU, summed).", m, nil),
+		bpfMappingPassed: prometheus.NewDesc("tcpmap_bpf_mapping_passed_bytes_total",
+			"Of tcpmap_bpf_mapping_bytes_total, the bytes a congested direction handed to userspace (pass mode).", m, nil),
+		listenerSteered: prometheus.NewDesc("tcpmap_listener_steered_connections_total",
+			"Connections the sk_lookup program assigned to the listener's shared socket (BPF map listener_stats).",
+			[]string{"listener"}, nil),
 	}
 }
 
@@ -71,6 +81,7 @@ func (c *statusCollector) Describe(ch chan<- *prometheus.Desc) {
 		c.mappingActive, c.mappingConns, c.mappingBytes, c.mappingRefusals, c.mappingIdleClosed,
 		c.listenerActive, c.listenerAccepted, c.listenerRefusals,
 		c.configProblems, c.datapathInfo, c.kernelSpliced,
+		c.bpfMappingBytes, c.bpfMappingPassed, c.listenerSteered,
 	} {
 		ch <- d
 	}
@@ -98,6 +109,9 @@ func (c *statusCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, l := range st.Listeners {
 		ch <- prometheus.MustNewConstMetric(c.listenerActive, prometheus.GaugeValue, float64(l.Active), l.Key)
 		ch <- prometheus.MustNewConstMetric(c.listenerAccepted, prometheus.CounterValue, float64(l.Accepted), l.Key)
+		if l.BPF != nil && l.BPF.Steered {
+			ch <- prometheus.MustNewConstMetric(c.listenerSteered, prometheus.CounterValue, float64(l.BPF.SteeredConnections), l.Key)
+		}
 		for reason, n := range l.Refusals {
 			ch <- prometheus.MustNewConstMetric(c.listenerRefusals, prometheus.CounterValue, float64(n), l.Key, reason)
 		}
@@ -131,4 +145,8 @@ func (c *statusCollector) collectMapping(ch chan<- prometheus.Metric, listener s
 		counter(c.mappingRefusals, n, reason)
 	}
 	counter(c.mappingIdleClosed, m.IdleClosed)
+	if m.BPF != nil {
+		counter(c.bpfMappingBytes, m.BPF.Bytes)
+		counter(c.bpfMappingPassed, m.BPF.PassedBytes)
+	}
 }

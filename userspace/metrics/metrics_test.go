@@ -65,6 +65,7 @@ func fullStatus() api.Status {
 				Active:   5,
 				Accepted: 100,
 				Refusals: map[string]uint64{"proxy_header_invalid": 3},
+				BPF:      &api.ListenerBPF{ID: 1, Steered: true, SteeredConnections: 100},
 				Mappings: []api.Mapping{
 					{
 						Name: "default/ssh", Active: 4, Total: 90, Spliced: 60,
@@ -72,6 +73,7 @@ func fullStatus() api.Status {
 						KernelBytesToUpstream: 30000, KernelBytesToClient: 40000,
 						Refusals:   map[string]uint64{"upstream_unreachable": 2, "max_connections": 1},
 						IdleClosed: 6,
+						BPF:        &api.MappingBPF{ID: 1, Bytes: 75000, PassedBytes: 5000},
 					},
 					{Name: "default/git", Active: 1, Total: 10},
 				},
@@ -105,6 +107,9 @@ func TestStatusMetrics(t *testing.T) {
 				`tcpmap_config_problems{level="warning"}`:                                      2,
 
 				`tcpmap_listener_active_connections{listener="0.0.0.0:2222"}`:                           5,
+				`tcpmap_listener_steered_connections_total{listener="0.0.0.0:2222"}`:                    100,
+				`tcpmap_bpf_mapping_bytes_total{listener="0.0.0.0:2222",mapping="default/ssh"}`:         75000,
+				`tcpmap_bpf_mapping_passed_bytes_total{listener="0.0.0.0:2222",mapping="default/ssh"}`:  5000,
 				`tcpmap_listener_accepted_connections_total{listener="0.0.0.0:2222"}`:                   100,
 				`tcpmap_listener_refusals_total{listener="0.0.0.0:2222",reason="proxy_header_invalid"}`: 3,
 				`tcpmap_listener_active_connections{listener="[::]:8443"}`:                              0,
@@ -212,6 +217,9 @@ func TestMetricTypes(t *testing.T) {
 		"tcpmap_config_problems":                     dto.MetricType_GAUGE,
 		"tcpmap_datapath_info":                       dto.MetricType_GAUGE,
 		"tcpmap_kernel_spliced_connections":          dto.MetricType_GAUGE,
+		"tcpmap_bpf_mapping_bytes_total":             dto.MetricType_COUNTER,
+		"tcpmap_bpf_mapping_passed_bytes_total":      dto.MetricType_COUNTER,
+		"tcpmap_listener_steered_connections_total":  dto.MetricType_COUNTER,
 		"tcpmap_upstream_connect_duration_seconds":   dto.MetricType_HISTOGRAM,
 		// The runtime collectors share the registry.
 		"go_goroutines":              dto.MetricType_GAUGE,
@@ -244,8 +252,8 @@ func TestNamingConventions(t *testing.T) {
 			mine = append(mine, fams[name])
 		}
 	}
-	if len(mine) != 12 {
-		t.Errorf("got %d tcpmap_ families, want 12", len(mine))
+	if len(mine) != 15 {
+		t.Errorf("got %d tcpmap_ families, want 15", len(mine))
 	}
 	problems, err := promlint.NewWithMetricFamilies(mine).Lint()
 	if err != nil {

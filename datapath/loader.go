@@ -413,6 +413,16 @@ func (o *Objects) Close() error {
 	o.maps = spliceMaps{}
 	errs = append(errs, o.closeLookup())
 	if o.lock != nil {
+		// We hold the lock, so whatever is still pinned is ours: the maps
+		// a load that failed midway had pinned before it could hand them
+		// over (a program the verifier rejected, say).
+		if ents, err := os.ReadDir(o.dir); err == nil {
+			for _, e := range ents {
+				if err := os.RemoveAll(filepath.Join(o.dir, e.Name())); err != nil {
+					errs = append(errs, fmt.Errorf("remove leftover pin: %w", err))
+				}
+			}
+		}
 		if err := os.Remove(o.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("remove pin directory: %w", err))
 		}

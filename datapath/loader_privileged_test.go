@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/tcpmap/tcpmap/datapath/internal/privtest"
 )
 
@@ -314,5 +317,54 @@ func TestRestartAfterLeftoverPins(t *testing.T) {
 	}
 	if err := o2.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCloseRemovesStrayPins: pins Close does not know of (a failed load's
+// maps, pinned before the load could hand them over) go with the
+// directory; nothing stays behind.
+func TestCloseRemovesStrayPins(t *testing.T) {
+	privtest.Require(t)
+	dir := privtest.PinDir(t)
+	o, err := Load(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(filepath.Join(dir, "stray")); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("pin directory after close: %v, want it gone", err)
+	}
+}
+
+// TestMountBPFFS: a bpffs is mounted where there is none, and an existing
+// one is left alone.
+func TestMountBPFFS(t *testing.T) {
+	privtest.Require(t)
+	dir := t.TempDir()
+	mounted, err := MountBPFFS(dir)
+	if err != nil || !mounted {
+		t.Fatalf("first mount: %v, %v; want mounted", mounted, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, 0); err != nil {
+			t.Errorf("unmount %s: %v", dir, err)
+		}
+	})
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("after mount: statfs type %x, %v; want bpffs", st.Type, err)
+	}
+	if mounted, err := MountBPFFS(dir); err != nil || mounted {
+		t.Errorf("second mount: %v, %v; want left alone", mounted, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tcpmap/tcpmap/datapath"
 	"github.com/tcpmap/tcpmap/userspace/daemon"
 	"github.com/tcpmap/tcpmap/userspace/logging"
 )
@@ -24,6 +25,9 @@ Usage:
   tcpmapd [flags]            serve the configuration
   tcpmapd check [flags]      validate the configuration, print the listener
                              table and every problem; exit 1 on errors
+  tcpmapd mount-bpffs DIR    mount a bpffs on DIR unless one is there (needs
+                             CAP_SYS_ADMIN; for init containers and
+                             ExecStartPre, so the daemon can run without it)
 
 Flags:
 `
@@ -40,6 +44,9 @@ func main() {
 }
 
 func run(args []string) (int, error) {
+	if len(args) > 0 && args[0] == "mount-bpffs" {
+		return mountBPFFS(args[1:])
+	}
 	check := len(args) > 0 && args[0] == "check"
 	if check {
 		args = args[1:]
@@ -80,6 +87,22 @@ func run(args []string) (int, error) {
 	defer stop()
 	if err := daemon.Run(ctx, opts); err != nil {
 		return 1, err
+	}
+	return 0, nil
+}
+
+func mountBPFFS(args []string) (int, error) {
+	if len(args) != 1 {
+		return 2, fmt.Errorf("mount-bpffs DIR: want one directory: %w", errUsage)
+	}
+	mounted, err := datapath.MountBPFFS(args[0])
+	if err != nil {
+		return 1, err
+	}
+	if mounted {
+		fmt.Printf("mounted a bpffs on %s\n", args[0])
+	} else {
+		fmt.Printf("%s is a bpffs already\n", args[0])
 	}
 	return 0, nil
 }

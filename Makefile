@@ -72,7 +72,7 @@ image:
 	else \
 		echo "bpftool: not found on this host (or BPFTOOL= given); the image has none"; \
 	fi
-	$(PODMAN) build -t $(IMAGE) -f deploy/Containerfile \
+	$(PODMAN) build --layers=false -t $(IMAGE) -f deploy/Containerfile \
 		--build-arg VERSION=$$(git describe --always --dirty 2>/dev/null || echo dev) \
 		--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
 		$(IMAGE_CONTEXT)

@@ -201,6 +201,25 @@ func Run(ctx context.Context, opts Options) error {
 	adm := &admin{datapath: dp, reason: why, kernel: view}
 	mh := metrics.New(adm, metrics.Options{Logger: log.Named("metrics")})
 	dials := mh.DialObserver()
+
+	// Reloads from file changes, Kubernetes changes and SIGHUP are
+	// serialised through the loop below.
+	changed := make(chan struct{}, 1)
+	reloadDue := func() {
+		select {
+		case changed <- struct{}{}:
+		default: // a reload is already due
+		}
+	}
+	var sources []manager.Source
+	kubeSrc, err := startKubernetes(ctx, opts, log, reloadDue)
+	if err != nil {
+		return err
+	}
+	if kubeSrc != nil {
+		defer kubeSrc.Close()
+		sources = append(sources, kubeSrc)
+	}
 	mopts := manager.Options{
 		Logger:      log,
 		ConfigPaths: opts.ConfigPaths,
@@ -220,6 +239,7 @@ func Run(ctx context.Context, opts Options) error {
 		},
 		DrainTimeout: opts.DrainTimeout,
 		NodeAddress:  nodeAddress,
+		Sources:      sources,
 	}
 	if k != nil {
 		mopts.Listen, mopts.Tables = k.listen, k
@@ -234,16 +254,16 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer stop()
 	}
+	waitKubernetes(ctx, kubeSrc, opts, log)
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	// Reloads from file changes and from SIGHUP are serialised through
-	// the loop below. The watch starts before the first load, so a file
-	// written between that load and "ready" is not missed.
-	changed := make(chan struct{}, 1)
-	if opts.WatchConfig {
+	// The watch starts before the first load, so a file written between
+	// that load and "ready" is not missed. With --kubernetes alone there
+	// is no file to watch.
+	if opts.WatchConfig && len(opts.ConfigPaths) > 0 {
 		w, err := watch.New(opts.ConfigPaths, watch.Options{Logger: log.Named("watch")})
 		if err != nil {
 			return fmt.Errorf("watch configuration: %w", err)
@@ -251,15 +271,11 @@ func Run(ctx context.Context, opts Options) error {
 		defer w.Close()
 		wctx, stopWatch := context.WithCancel(ctx)
 		defer stopWatch()
-		go w.Run(wctx, func() {
-			select {
-			case changed <- struct{}{}:
-			default: // a reload is already due
-			}
-		})
+		go w.Run(wctx, reloadDue)
 	}
 
 	res := m.Reload()
+	publishOutcomes(kubeSrc, m)
 	if opts.AdminSocket != "" {
 		// Traffic matters more than inspection: without its admin socket
 		// the daemon still serves, and says so loudly.
@@ -303,12 +319,15 @@ func Run(ctx context.Context, opts Options) error {
 				retryEvery = minRetry
 			}
 			retry.Reset(retryEvery)
+			publishOutcomes(kubeSrc, m)
 		case <-hup:
 			res := m.Reload()
+			publishOutcomes(kubeSrc, m)
 			resetRetry()
 			log.Info("reloaded on SIGHUP", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 		case <-changed:
 			res := m.Reload()
+			publishOutcomes(kubeSrc, m)
 			resetRetry()
 			log.Info("reloaded: configuration changed", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 		case <-ctx.Done():

@@ -62,7 +62,7 @@ func TestStatusTable(t *testing.T) {
 		DatapathReason: "cleartext passthrough spliced by eBPF sockmap",
 		BPF: &api.BPFStatus{PinDir: "/sys/fs/bpf/tcpmap", AttachMode: "bpf_link", Maps: []string{"listeners", "mappings", "pairs", "sock_hash"},
 			Programs: []string{"splice_verdict", "steer_listener"}, Steering: "sk_lookup"},
-		Kernel:         &api.KernelStat{Pairs: 3},
+		Kernel: &api.KernelStat{Pairs: 3},
 		Listeners: []api.Listener{
 			{Key: "*:2222", Protocol: "TCP", Active: 3, Accepted: 10, Mappings: []api.Mapping{
 				{Name: "default/ssh", Active: 3, Total: 10, Spliced: 9, BytesToUpstream: 100, KernelBytesToUpstream: 2048, BytesToClient: 5 << 20,

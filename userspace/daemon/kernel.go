@@ -14,10 +14,10 @@ import (
 	"github.com/tcpmap/tcpmap/datapath"
 	"github.com/tcpmap/tcpmap/datapath/splice"
 	"github.com/tcpmap/tcpmap/datapath/steer"
-	"github.com/tcpmap/tcpmap/userspace/manager"
-	"github.com/tcpmap/tcpmap/userspace/snapshot"
 	"github.com/tcpmap/tcpmap/userspace/api"
+	"github.com/tcpmap/tcpmap/userspace/manager"
 	"github.com/tcpmap/tcpmap/userspace/relay"
+	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
 
 // kernel adapts the splice engine to what the relay (relay.Splicer) and

@@ -26,10 +26,6 @@ import (
 // disabled, say); the caller binds a socket of its own instead.
 var ErrNoSocket = errors.New("no shared listening socket for this address family")
 
-// queueLen is how many accepted connections may wait for one listener's
-// Accept; beyond it they are reset, as a full accept queue would drop them.
-const queueLen = 512
-
 // Steerer owns the shared listening sockets and dispatches their
 // connections.
 type Steerer struct {
@@ -128,7 +124,9 @@ func (s *Steerer) Listen(name, address string, port int) (*Listener, error) {
 			return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: tcpAddr(ep), Err: syscall.EADDRINUSE}
 		}
 	}
-	l := &Listener{s: s, eps: eps, conns: make(chan *net.TCPConn, queueLen), done: make(chan struct{})}
+	// Unbuffered: a connection is either taken by Accept or reset, never
+	// left in a queue when the listener closes.
+	l := &Listener{s: s, eps: eps, conns: make(chan *net.TCPConn), done: make(chan struct{})}
 	for _, ep := range eps {
 		s.routes[ep] = l
 	}
@@ -202,13 +200,16 @@ func (s *Steerer) acceptLoop(ln *net.TCPListener) {
 
 // dispatch hands c to the listener of its destination: the exact address
 // first, then the family's wildcard, as the sk_lookup program matched it.
+// The hand-over is a rendezvous with the listener's Accept: while a
+// listener is slow to take its connections the accept loop waits and the
+// kernel's accept queue holds the rest, the same back-pressure a listening
+// socket of its own would give (resetting them instead would turn a burst
+// into failed connections). A listener's Accept loop only starts handlers,
+// so the wait is short, and it ends when the listener closes.
 func (s *Steerer) dispatch(c *net.TCPConn) {
 	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	ep := datapath.Endpoint{Addr: local.Addr().Unmap(), Port: local.Port()}
-	// The send happens under the lock, so a listener that Close has
-	// unregistered never receives a connection it would not reset.
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	l := s.routes[ep]
 	if l == nil {
 		any := netip.IPv6Unspecified()
@@ -217,6 +218,7 @@ func (s *Steerer) dispatch(c *net.TCPConn) {
 		}
 		l = s.routes[datapath.Endpoint{Addr: any, Port: ep.Port}]
 	}
+	s.mu.Unlock()
 	if l == nil {
 		// Its listener closed between the kernel's steering and this
 		// accept: refuse, as the closed listening socket would have.
@@ -225,8 +227,7 @@ func (s *Steerer) dispatch(c *net.TCPConn) {
 	}
 	select {
 	case l.conns <- c:
-	default:
-		s.log.Warn("listener's accept queue is full; connection reset", zap.Stringer("listener", l.Addr()))
+	case <-l.done:
 		reset(c)
 	}
 }
@@ -277,21 +278,13 @@ func (l *Listener) Accept() (net.Conn, error) {
 }
 
 // Close stops steering the listener's endpoints at once (new connections
-// are refused) and resets the connections accepted but not yet taken.
+// are refused) and resets a connection being handed over.
 func (l *Listener) Close() error {
 	l.closeOnce.Do(func() {
 		l.s.mu.Lock()
 		l.s.unregisterLocked(l)
 		l.s.mu.Unlock()
 		close(l.done)
-		for {
-			select {
-			case c := <-l.conns:
-				reset(c)
-			default:
-				return
-			}
-		}
 	})
 	return nil
 }

@@ -214,3 +214,57 @@ func TestSyncTables(t *testing.T) {
 		t.Errorf("after removing everything: listeners %+v, mappings %+v", ls, ms)
 	}
 }
+
+// TestSteerBurstIsNotReset: a burst of connections arriving while the
+// listener is not accepting waits in the kernel's accept queue, as with a
+// socket of its own, instead of being reset.
+func TestSteerBurstIsNotReset(t *testing.T) {
+	_, s := openSteerer(t)
+	l, err := s.Listen("*:17020", "", 17020)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	const n = 1000
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			c, err := net.DialTimeout("tcp", "127.0.0.1:17020", 10*time.Second)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			b, err := io.ReadAll(c)
+			if err == nil && string(b) != "ok" {
+				err = errors.New("got " + string(b))
+			}
+			errs <- err
+		}()
+	}
+	// Not accepting for a while: the burst piles up.
+	time.Sleep(300 * time.Millisecond)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("ok"))
+			c.Close()
+		}
+	}()
+	failed := 0
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			failed++
+			if failed <= 3 {
+				t.Errorf("connection: %v", err)
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d connections of the burst failed", failed, n)
+	}
+}

@@ -1,7 +1,9 @@
 package kube
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -16,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
+
+	"github.com/tcpmap/tcpmap/userspace/tlsconfig/tlstest"
 )
 
 const ns = "tcpmap-e2e"
@@ -58,12 +62,36 @@ func (c *cluster) events(ctx context.Context, kind, name string) ([]corev1.Event
 	return l.Items, nil
 }
 
+// refusedTLS returns nil when tcpmapd refuses a TLS client for its
+// certificate: the handshake fails, or, in TLS 1.3 where the client
+// finishes first, the first read gets the server's alert.
+func refusedTLS(ctx context.Context, dial dialer) error {
+	c, _, err := dial(ctx)
+	if err == nil {
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err = fmt.Fprintf(c, "%s\n", nextID("refused")); err == nil {
+			var line string
+			line, err = bufio.NewReader(c).ReadString('\n')
+			if err == nil {
+				return fmt.Errorf("relayed (greeting %q), want refused", line)
+			}
+		}
+	}
+	if !strings.Contains(err.Error(), "certificate") {
+		return fmt.Errorf("refused for another reason than the certificate: %w", err)
+	}
+	return nil
+}
+
 // TestKubernetesSource runs tcpmapd against a real API server: resources
 // created through the API are served; a weight change and a Secret
 // rotation apply to new connections while ten live ones stream on intact;
 // an invalid resource gets a Warning Event and shows in tcpmapctl status
-// while the others serve; a deleted TCPMapping closes its listener; and
-// with the API server stopped, tcpmapd keeps serving.
+// while the others serve; a deleted TCPMapping closes its listener; a
+// TLSContext whose ca_secret is an Opaque Secret requires client
+// certificates signed by that CA; and with the API server stopped,
+// tcpmapd keeps serving.
 func TestKubernetesSource(t *testing.T) {
 	requireSetup(t)
 	ctx := testContext(t, 4*time.Minute)
@@ -135,18 +163,7 @@ func TestKubernetesSource(t *testing.T) {
 		{"TCPMapping", "tls-a"}, {"TCPMapping", "tls-b"}, {"Host", "tls-host"}, {"TLSContext", "tls-ctx"},
 		{"Secret", "tls-cert"},
 	} {
-		waitFor(t, sctx, "Accepted Event on "+obj.kind+" "+obj.name, func() error {
-			evs, err := c.events(sctx, obj.kind, obj.name)
-			if err != nil {
-				return err
-			}
-			for _, e := range evs {
-				if e.Reason == "Accepted" && e.Type == corev1.EventTypeNormal {
-					return nil
-				}
-			}
-			return fmt.Errorf("events %v", evs)
-		})
+		waitAccepted(t, sctx, c, obj.kind, obj.name)
 	}
 
 	sctx = step("an invalid TCPMapping is rejected with a Warning Event and shown in tcpmapctl status; the others serve")
@@ -296,6 +313,56 @@ func TestKubernetesSource(t *testing.T) {
 		return nil
 	})
 
+	sctx = step("a TLSContext whose ca_secret is an Opaque Secret requires client certificates signed by it")
+	// As `kubectl create secret generic client-ca --from-file=tls.crt=ca.pem`
+	// makes it: not kubernetes.io/tls, so only a watch by name sees it.
+	clientCA := tlstest.NewCA(t, "tcpmap e2e client CA")
+	caSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "client-ca", Namespace: ns},
+		Type: corev1.SecretTypeOpaque, Data: map[string][]byte{"tls.crt": clientCA.CertPEM}}
+	if _, err := c.cs.CoreV1().Secrets(ns).Create(sctx, caSecret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.cs.CoreV1().Secrets(ns).Create(sctx, tlsSecret("mtls-cert", ca.issue(t, 303, "mtls.example")), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pMTLS := freePort(t)
+	c.create(t, sctx, "{apiVersion: getambassador.io/v3alpha1, kind: TLSContext, metadata: {name: mtls-ctx}, spec: {hosts: [mtls.example], secret: mtls-cert, ca_secret: client-ca, cert_required: true}}")
+	c.create(t, sctx, fmt.Sprintf("{apiVersion: getambassador.io/v3alpha1, kind: TCPMapping, metadata: {name: mtls}, spec: {address: 127.0.0.1, port: %d, host: mtls.example, service: %q}}", pMTLS, upA.addr()))
+	mtlsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(pMTLS))
+	keyPair := func(p tlstest.Pair) tls.Certificate {
+		kp, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return kp
+	}
+	withCert := clientCertDialer(mtlsAddr, "mtls.example", ca.pool, keyPair(clientCA.Client(t, "e2e-client")))
+	waitFor(t, sctx, "a client with a certificate signed by the Opaque Secret's CA is relayed", func() error {
+		o, err := probe(sctx, withCert)
+		if err != nil {
+			return err
+		}
+		if o.backend != "A" {
+			return errStop("reached backend " + o.backend + ", want A")
+		}
+		return nil
+	})
+	foreign := keyPair(tlstest.NewCA(t, "another CA").Client(t, "intruder"))
+	for _, x := range []struct {
+		name string
+		dial dialer
+	}{
+		{"a client without a certificate", clientCertDialer(mtlsAddr, "mtls.example", ca.pool)},
+		{"a client with a certificate from another CA", clientCertDialer(mtlsAddr, "mtls.example", ca.pool, foreign)},
+	} {
+		if err := refusedTLS(sctx, x.dial); err != nil {
+			t.Errorf("%s: %v", x.name, err)
+		}
+	}
+	for _, obj := range []struct{ kind, name string }{{"TLSContext", "mtls-ctx"}, {"Secret", "client-ca"}} {
+		waitAccepted(t, sctx, c, obj.kind, obj.name)
+	}
+
 	sctx = step("with the API server stopped, tcpmapd keeps serving")
 	live, err := startStream(sctx, tlsB, "outage")
 	if err != nil {
@@ -334,4 +401,21 @@ func TestKubernetesSource(t *testing.T) {
 			t.Errorf("status during the outage lacks listener port %s:\n%s", want, out)
 		}
 	}
+}
+
+// waitAccepted waits for an Accepted (Normal) Event on the object.
+func waitAccepted(t *testing.T, ctx context.Context, c *cluster, kind, name string) {
+	t.Helper()
+	waitFor(t, ctx, "Accepted Event on "+kind+" "+name, func() error {
+		evs, err := c.events(ctx, kind, name)
+		if err != nil {
+			return err
+		}
+		for _, e := range evs {
+			if e.Reason == "Accepted" && e.Type == corev1.EventTypeNormal {
+				return nil
+			}
+		}
+		return fmt.Errorf("events %v", evs)
+	})
 }

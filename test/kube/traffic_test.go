@@ -107,8 +107,19 @@ func plainDialer(addr string) dialer {
 }
 
 func tlsDialer(addr, sni string, roots *x509.CertPool) dialer {
+	return clientCertDialer(addr, sni, roots)
+}
+
+// clientCertDialer is tlsDialer presenting certs, if any, as the client
+// certificate, even when the server names other CAs (so that a foreign
+// certificate is refused by the server, not withheld by the client).
+func clientCertDialer(addr, sni string, roots *x509.CertPool, certs ...tls.Certificate) dialer {
 	return func(ctx context.Context) (net.Conn, *tls.ConnectionState, error) {
-		d := tls.Dialer{Config: &tls.Config{ServerName: sni, RootCAs: roots, MinVersion: tls.VersionTLS12}}
+		cfg := &tls.Config{ServerName: sni, RootCAs: roots, MinVersion: tls.VersionTLS12}
+		if len(certs) > 0 {
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &certs[0], nil }
+		}
+		d := tls.Dialer{Config: cfg}
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			return nil, nil, err

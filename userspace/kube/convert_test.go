@@ -169,7 +169,17 @@ func TestReferencedSecrets(t *testing.T) {
 			Host: &config.HostSpec{TLSSecret: &config.SecretRef{Name: "x", Namespace: "c"}}},
 	}
 	got := referencedSecrets(rs)
-	want := map[string]bool{"a/s1": true, "other/ca": true, "a/with.dot": true, "b/hs": true, "b/hca": true, "c/x": true}
+	use := func(kind, ns, name, field string) []secretUse {
+		return []secretUse{{owner: config.Ref{Kind: kind, Namespace: ns, Name: name}, field: field}}
+	}
+	want := map[string][]secretUse{
+		"a/s1":       use(config.KindTLSContext, "a", "c1", "spec.secret"),
+		"other/ca":   use(config.KindTLSContext, "a", "c1", "spec.ca_secret"),
+		"a/with.dot": use(config.KindTLSContext, "a", "c2", "spec.secret"),
+		"b/hs":       use(config.KindHost, "b", "h", "spec.tlsSecret"),
+		"b/hca":      use(config.KindHost, "b", "h", "spec.tls.ca_secret"),
+		"c/x":        use(config.KindHost, "b", "h2", "spec.tlsSecret"),
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}

@@ -1,8 +1,10 @@
 // Package kube is the Kubernetes source of tcpmap: it watches the
 // getambassador.io resources (TCPMapping, TLSContext, Host, Listener,
-// Module) and the kubernetes.io/tls Secrets they name with client-go
-// informers, hands them to the manager through the same strict loader as a
-// configuration file, and publishes each resource's outcome as an Event.
+// Module) and the Secrets they name with client-go informers (one for the
+// kubernetes.io/tls Secrets, and one per name for any other Secret a
+// resource names, such as an Opaque ca_secret), hands them to the manager
+// through the same strict loader as a configuration file, and publishes
+// each resource's outcome as an Event.
 //
 // It never blocks the manager on the network: Resources reads the
 // informers' caches. When the API server is away the reflectors retry with
@@ -56,6 +58,10 @@ var Kinds = []struct{ Kind, Resource string }{
 // `kubectl apply` of many objects) to settle.
 const DefaultDebounce = 200 * time.Millisecond
 
+// secretSyncTimeout bounds how long a change waits for the first list of
+// the Secrets it newly names before the reload runs without them.
+const secretSyncTimeout = 5 * time.Second
+
 // errorLogEvery bounds the warnings of one informer while the API server
 // is away; the reflector retries far more often.
 const errorLogEvery = 30 * time.Second
@@ -97,12 +103,15 @@ type Source struct {
 	recorder    record.EventRecorder
 
 	kick   chan struct{}
+	ctx    context.Context // Start's, parent of the per-name Secret watches; guarded by mu
 	cancel context.CancelFunc
 	done   chan struct{}
+	wg     sync.WaitGroup // the per-name Secret watches
 
 	mu      sync.Mutex
 	pub     published
 	errLogs map[string]time.Time
+	watches map[string]*secretWatch // by "namespace/name"
 }
 
 // New prepares the informers; nothing talks to the API server before
@@ -129,6 +138,7 @@ func New(opts Options) (*Source, error) {
 		informers: make(map[string]cache.SharedIndexInformer),
 		kick:      make(chan struct{}, 1),
 		errLogs:   make(map[string]time.Time),
+		watches:   make(map[string]*secretWatch),
 		recorder:  opts.Recorder,
 	}
 	// No periodic resync: the caches are complete and a resync would only
@@ -139,7 +149,8 @@ func New(opts Options) (*Source, error) {
 		s.informers[k.Kind] = s.dyn.ForResource(gvr).Informer()
 	}
 	// Only TLS Secrets, selected by the API server: tcpmap has no business
-	// caching a cluster's other Secrets.
+	// caching a cluster's other Secrets. The few others a resource names
+	// get a watch of their own, by name (watchSecrets).
 	s.typed = informers.NewSharedInformerFactoryWithOptions(opts.Clientset, 0,
 		informers.WithNamespace(opts.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -148,22 +159,8 @@ func New(opts Options) (*Source, error) {
 	s.informers[config.KindSecret] = s.typed.Core().V1().Secrets().Informer()
 
 	for kind, inf := range s.informers {
-		if err := inf.SetTransform(dropManagedFields); err != nil {
-			return nil, fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
-		}
-		if err := inf.SetWatchErrorHandler(s.watchError(kind)); err != nil {
-			return nil, fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
-		}
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { s.changed() },
-			UpdateFunc: func(old, cur any) {
-				if resourceVersion(old) != resourceVersion(cur) {
-					s.changed()
-				}
-			},
-			DeleteFunc: func(any) { s.changed() },
-		}); err != nil {
-			return nil, fmt.Errorf("kubernetes source: %s informer: %w", kind, err)
+		if err := s.observe(kind, inf); err != nil {
+			return nil, fmt.Errorf("kubernetes source: %w", err)
 		}
 	}
 	if s.recorder == nil {
@@ -172,6 +169,29 @@ func New(opts Options) (*Source, error) {
 		s.recorder = s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: opts.Component, Host: opts.Host})
 	}
 	return s, nil
+}
+
+// observe prepares an informer before it runs: managedFields dropped,
+// refused watches logged as kind, changes notified.
+func (s *Source) observe(kind string, inf cache.SharedIndexInformer) error {
+	if err := inf.SetTransform(dropManagedFields); err != nil {
+		return fmt.Errorf("%s informer: %w", kind, err)
+	}
+	if err := inf.SetWatchErrorHandler(s.watchError(kind)); err != nil {
+		return fmt.Errorf("%s informer: %w", kind, err)
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { s.changed() },
+		UpdateFunc: func(old, cur any) {
+			if resourceVersion(old) != resourceVersion(cur) {
+				s.changed()
+			}
+		},
+		DeleteFunc: func(any) { s.changed() },
+	}); err != nil {
+		return fmt.Errorf("%s informer: %w", kind, err)
+	}
+	return nil
 }
 
 // dropManagedFields keeps the caches small: managedFields is often the
@@ -215,15 +235,20 @@ func (s *Source) watchError(kind string) cache.WatchErrorHandler {
 // Close is called.
 func (s *Source) Start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
+	s.mu.Lock()
+	s.ctx = ctx
+	s.mu.Unlock()
 	s.done = make(chan struct{})
 	s.dyn.Start(ctx.Done())
 	s.typed.Start(ctx.Done())
 	go s.notify(ctx)
 }
 
-// WaitForSync waits until every informer has listed once, or ctx is done.
-// It returns the kinds not yet synced (for instance a CRD that is not
-// installed); they are served as soon as they sync.
+// WaitForSync waits until every informer has listed once, then until the
+// Secrets the resources name outside the kubernetes.io/tls informer have,
+// or until ctx is done. It returns the kinds (and "Secret namespace/name")
+// not yet synced, for instance a CRD that is not installed; they are
+// served as soon as they sync.
 func (s *Source) WaitForSync(ctx context.Context) []string {
 	synced := make([]cache.InformerSynced, 0, len(s.informers))
 	for _, inf := range s.informers {
@@ -236,6 +261,9 @@ func (s *Source) WaitForSync(ctx context.Context) []string {
 			pending = append(pending, kind)
 		}
 	}
+	if len(pending) == 0 {
+		pending = s.awaitSecrets(ctx)
+	}
 	sort.Strings(pending)
 	return pending
 }
@@ -243,8 +271,11 @@ func (s *Source) WaitForSync(ctx context.Context) []string {
 // Close stops the informers and the Event broadcaster.
 func (s *Source) Close() {
 	if s.cancel != nil {
+		s.mu.Lock() // no Secret watch starts once Close has begun
 		s.cancel()
+		s.mu.Unlock()
 		<-s.done
+		s.wg.Wait()
 	}
 	s.dyn.Shutdown()
 	s.typed.Shutdown()
@@ -285,6 +316,9 @@ func (s *Source) notify(ctx context.Context) {
 			timer.Reset(wait)
 		case <-timer.C:
 			pending = false
+			sctx, cancel := context.WithTimeout(ctx, secretSyncTimeout)
+			s.awaitSecrets(sctx)
+			cancel()
 			if s.opts.OnChange != nil {
 				s.opts.OnChange()
 			}
@@ -296,8 +330,27 @@ func (s *Source) notify(ctx context.Context) {
 func (s *Source) Name() string { return SourceName }
 
 // Resources converts the cached objects, getambassador.io kinds first,
-// then the TLS Secrets they reference. It reads only the caches.
+// then the Secrets they reference. It reads only the caches; it starts
+// the watches of newly named Secrets that are not kubernetes.io/tls and
+// stops those no longer named, without waiting for either.
 func (s *Source) Resources() ([]config.Resource, []config.Problem) {
+	rs, probs := s.kindResources()
+	refs := referencedSecrets(rs)
+	s.mu.Lock()
+	more, _, _ := s.watchSecrets(refs, true)
+	s.mu.Unlock()
+	probs = append(probs, more...)
+	for _, key := range sortedKeys(refs) {
+		if sec := s.cachedSecret(key); sec != nil {
+			r, p := Convert(SecretObject(sec))
+			rs, probs = append(rs, r...), append(probs, p...)
+		}
+	}
+	return rs, probs
+}
+
+// kindResources converts the cached getambassador.io objects.
+func (s *Source) kindResources() ([]config.Resource, []config.Problem) {
 	var rs []config.Resource
 	var probs []config.Problem
 	for _, k := range Kinds {
@@ -309,15 +362,6 @@ func (s *Source) Resources() ([]config.Resource, []config.Problem) {
 			r, p := Convert(u.Object)
 			rs, probs = append(rs, r...), append(probs, p...)
 		}
-	}
-	refs := referencedSecrets(rs)
-	for _, obj := range sortedObjects(s.informers[config.KindSecret].GetStore()) {
-		sec, ok := obj.(*corev1.Secret)
-		if !ok || !refs[sec.Namespace+"/"+sec.Name] {
-			continue
-		}
-		r, p := Convert(SecretObject(sec))
-		rs, probs = append(rs, r...), append(probs, p...)
 	}
 	return rs, probs
 }
@@ -404,12 +448,17 @@ func (s *Source) Publish(objects []config.Resource, problems []config.Problem) {
 
 // objectReference finds ref in the caches; nil when it is gone.
 func (s *Source) objectReference(ref config.Ref) *corev1.ObjectReference {
-	inf := s.informers[ref.Kind]
-	if inf == nil {
-		return nil
+	key := ref.Namespace + "/" + ref.Name
+	var obj any
+	switch inf := s.informers[ref.Kind]; {
+	case ref.Kind == config.KindSecret: // TLS or watched by name
+		if sec := s.cachedSecret(key); sec != nil {
+			obj = sec
+		}
+	case inf != nil:
+		obj, _, _ = inf.GetStore().GetByKey(key)
 	}
-	obj, ok, err := inf.GetStore().GetByKey(ref.Namespace + "/" + ref.Name)
-	if err != nil || !ok {
+	if obj == nil {
 		return nil
 	}
 	m, err := meta.Accessor(obj)

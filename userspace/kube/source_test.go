@@ -63,6 +63,22 @@ func tlsSecret(t *testing.T, ns, name string) *corev1.Secret {
 	}
 }
 
+// startSource starts a source with opts and waits for its first sync; it
+// is closed when the test ends.
+func startSource(t *testing.T, ctx context.Context, opts Options) *Source {
+	t.Helper()
+	src, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Start(ctx)
+	t.Cleanup(func() { src.Close() })
+	if pending := src.WaitForSync(ctx); len(pending) > 0 {
+		t.Fatalf("not synced: %v", pending)
+	}
+	return src
+}
+
 // TestSourceWithFakeClients runs the informers against fake clients: the
 // objects load, only referenced Secrets are passed on, OnChange fires on a
 // change, and Publish emits one Event per outcome change.
@@ -82,16 +98,8 @@ func TestSourceWithFakeClients(t *testing.T) {
 	cs := fake.NewClientset(tlsSecret(t, "apps", "used"), tlsSecret(t, "apps", "unrelated"))
 	changes := make(chan struct{}, 10)
 	rec := record.NewFakeRecorder(100)
-	src, err := New(Options{Dynamic: dyn, Clientset: cs, Recorder: rec, Debounce: 10 * time.Millisecond,
+	src := startSource(t, ctx, Options{Dynamic: dyn, Clientset: cs, Recorder: rec, Debounce: 10 * time.Millisecond,
 		OnChange: func() { changes <- struct{}{} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.Start(ctx)
-	defer src.Close()
-	if pending := src.WaitForSync(ctx); len(pending) > 0 {
-		t.Fatalf("not synced: %v", pending)
-	}
 
 	rs, probs := src.Resources()
 	var got []string
@@ -171,15 +179,7 @@ func TestSourceWatchNamespace(t *testing.T) {
 		unstructuredObj("TCPMapping", "apps", "mine", map[string]any{"port": int64(2222), "service": "b:1"}),
 		unstructuredObj("TCPMapping", "other", "theirs", map[string]any{"port": int64(2223), "service": "b:1"}),
 	)
-	src, err := New(Options{Dynamic: dyn, Clientset: fake.NewClientset(), Recorder: record.NewFakeRecorder(10), Namespace: "apps"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.Start(ctx)
-	defer src.Close()
-	if pending := src.WaitForSync(ctx); len(pending) > 0 {
-		t.Fatalf("not synced: %v", pending)
-	}
+	src := startSource(t, ctx, Options{Dynamic: dyn, Clientset: fake.NewClientset(), Recorder: record.NewFakeRecorder(10), Namespace: "apps"})
 	rs, probs := src.Resources()
 	if len(rs) != 1 || rs[0].Ref.String() != "TCPMapping apps/mine" || len(probs) != 0 {
 		t.Errorf("got %v, %v; want only TCPMapping apps/mine", rs, probs)

@@ -202,6 +202,11 @@ spec:
 	if kernelSplice && !bytes.Contains(status, []byte("kernel+userspace")) {
 		t.Errorf("with the DaemonSet's capabilities the kernel datapath did not load:\n%s", status)
 	}
+	// sk_lookup steering (one socket per family serves every port) needs
+	// nothing beyond the same capabilities.
+	if kernelSplice && !bytes.Contains(status, []byte("Steering:  sk_lookup\n")) {
+		t.Errorf("with the DaemonSet's capabilities listeners are not steered by sk_lookup:\n%s", status)
+	}
 	if !bytes.Contains(status, []byte("default/deploy-echo")) {
 		t.Errorf("tcpmapctl status does not show the mapping:\n%s", status)
 	}

@@ -220,7 +220,13 @@ func (c *conn) passFailed(d, side int, err error) {
 	if side == upstream {
 		reason = UpstreamReset
 	}
-	c.log().Debug("pass-mode copy failed", zap.String("side", sideNames[side]), zap.Error(err))
+	// A peer's reset is an ordinary end; anything else means the engine
+	// or the kernel misbehaved, and the log must name the call and errno.
+	logf := c.log().Warn
+	if errors.Is(err, unix.ECONNRESET) || errors.Is(err, unix.EPIPE) {
+		logf = c.log().Debug
+	}
+	logf("pass-mode copy failed; connection reset", zap.String("side", sideNames[side]), zap.Error(err))
 	c.finish(reason, side)
 }
 

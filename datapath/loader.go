@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -292,13 +291,7 @@ func (o *Objects) load(spec *ebpf.CollectionSpec, opts Options) error {
 	for name := range spec.Variables {
 		delete(spec.Variables, name)
 	}
-	for name, ms := range spec.Maps {
-		if strings.HasPrefix(name, ".") {
-			delete(spec.Maps, name)
-			continue
-		}
-		ms.Pinning = ebpf.PinByName
-	}
+	pinMapsByName(spec)
 	for _, name := range []string{spliceMapSockHash, spliceMapPairs, spliceMapDirs, spliceMapCtl} {
 		spec.Maps[name].MaxEntries = opts.MaxSockets
 	}
@@ -371,12 +364,7 @@ func (o *Objects) Attach() AttachMode { return o.attach }
 func (o *Objects) Close() error {
 	var errs []error
 	if o.link != nil {
-		if err := o.link.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin link: %w", err))
-		}
-		if err := o.link.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach link: %w", err))
-		}
+		errs = append(errs, releaseLink(o.link, "link"))
 		o.link = nil
 	} else if o.attach == AttachLegacy {
 		err := link.RawDetachProgram(link.RawDetachProgramOptions{
@@ -389,27 +377,10 @@ func (o *Objects) Close() error {
 		}
 	}
 	o.attach = ""
-	if o.prog != nil {
-		if err := o.prog.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin program: %w", err))
-		}
-		if err := o.prog.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close program: %w", err))
-		}
-		o.prog = nil
-	}
-	for _, m := range []*ebpf.Map{o.maps.SockHash, o.maps.Pairs, o.maps.Dirs, o.maps.Ctl,
-		o.maps.MappingTotals, o.maps.Events, o.maps.Stats} {
-		if m == nil {
-			continue
-		}
-		if err := m.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin map %s: %w", o.name(m), err))
-		}
-		if err := m.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close map %s: %w", o.name(m), err))
-		}
-	}
+	errs = append(errs, releaseProgram(o.prog))
+	o.prog = nil
+	errs = append(errs, o.releaseMaps(o.maps.SockHash, o.maps.Pairs, o.maps.Dirs, o.maps.Ctl,
+		o.maps.MappingTotals, o.maps.Events, o.maps.Stats))
 	o.maps = spliceMaps{}
 	errs = append(errs, o.closeLookup())
 	if o.lock != nil {

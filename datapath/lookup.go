@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -14,13 +15,7 @@ import (
 // sk_lookup program. The tables are loaded even when steering is off: they
 // are how bpftool shows what the node serves.
 func (o *Objects) loadLookup(spec *ebpf.CollectionSpec, opts Options) error {
-	for name, ms := range spec.Maps {
-		if len(name) > 0 && name[0] == '.' {
-			delete(spec.Maps, name)
-			continue
-		}
-		ms.Pinning = ebpf.PinByName
-	}
+	pinMapsByName(spec)
 	spec.Maps[lookupMapMappings].MaxEntries = opts.MaxMappings
 	var objs lookupObjects
 	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{
@@ -66,24 +61,60 @@ func (o *Objects) Steering() (bool, error) { return o.lookupLink != nil, o.steer
 func (o *Objects) closeLookup() error {
 	var errs []error
 	if o.lookupLink != nil {
-		if err := o.lookupLink.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin sk_lookup link: %w", err))
-		}
-		if err := o.lookupLink.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("detach sk_lookup link: %w", err))
-		}
+		errs = append(errs, releaseLink(o.lookupLink, "sk_lookup link"))
 		o.lookupLink = nil
 	}
-	if o.lookupProg != nil {
-		if err := o.lookupProg.Unpin(); err != nil {
-			errs = append(errs, fmt.Errorf("unpin program: %w", err))
+	errs = append(errs, releaseProgram(o.lookupProg))
+	o.lookupProg = nil
+	errs = append(errs, o.releaseMaps(o.lookup.Listeners, o.lookup.Mappings, o.lookup.ListenSocks, o.lookup.ListenerStats))
+	o.lookup = lookupMaps{}
+	return errors.Join(errs...)
+}
+
+// pinMapsByName makes every map of spec pinned under its name in the pin
+// directory, and drops the sections' internal maps (.bss, .rodata), which
+// the programs do not use.
+func pinMapsByName(spec *ebpf.CollectionSpec) {
+	for name, ms := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			delete(spec.Maps, name)
+			continue
 		}
-		if err := o.lookupProg.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close program: %w", err))
-		}
-		o.lookupProg = nil
+		ms.Pinning = ebpf.PinByName
 	}
-	for _, m := range []*ebpf.Map{o.lookup.Listeners, o.lookup.Mappings, o.lookup.ListenSocks, o.lookup.ListenerStats} {
+}
+
+// releaseLink unpins and closes (detaches) a link.
+func releaseLink(l link.Link, what string) error {
+	var errs []error
+	if err := l.Unpin(); err != nil {
+		errs = append(errs, fmt.Errorf("unpin %s: %w", what, err))
+	}
+	if err := l.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("detach %s: %w", what, err))
+	}
+	return errors.Join(errs...)
+}
+
+// releaseProgram unpins and closes a program; nil is a no-op.
+func releaseProgram(p *ebpf.Program) error {
+	if p == nil {
+		return nil
+	}
+	var errs []error
+	if err := p.Unpin(); err != nil {
+		errs = append(errs, fmt.Errorf("unpin program: %w", err))
+	}
+	if err := p.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close program: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// releaseMaps unpins and closes maps; nil ones are skipped.
+func (o *Objects) releaseMaps(maps ...*ebpf.Map) error {
+	var errs []error
+	for _, m := range maps {
 		if m == nil {
 			continue
 		}
@@ -94,6 +125,5 @@ func (o *Objects) closeLookup() error {
 			errs = append(errs, fmt.Errorf("close map %s: %w", o.name(m), err))
 		}
 	}
-	o.lookup = lookupMaps{}
 	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
 
@@ -135,4 +136,28 @@ func OpenFDs() int {
 		return -1
 	}
 	return len(ents)
+}
+
+// LeakChecked wraps a test run so that it fails when the tests leave
+// goroutines or file descriptors behind (an unclosed map, program or
+// engine is a leaked descriptor). Use it in TestMain, inside RunInNetNS.
+func LeakChecked(m interface{ Run() int }) interface{ Run() int } { return leakCheck{m} }
+
+type leakCheck struct{ m interface{ Run() int } }
+
+func (l leakCheck) Run() int {
+	before := OpenFDs()
+	code := l.m.Run()
+	if code != 0 {
+		return code
+	}
+	if err := goleak.Find(); err != nil {
+		fmt.Fprintf(os.Stderr, "goroutine leak: %v\n", err)
+		return 1
+	}
+	if after := OpenFDs(); after > before {
+		fmt.Fprintf(os.Stderr, "file descriptor leak: %d open before the tests, %d after\n", before, after)
+		return 1
+	}
+	return 0
 }

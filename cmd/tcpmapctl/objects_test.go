@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tcpmap/tcpmap/internal/testutil"
 	"github.com/tcpmap/tcpmap/userspace/api"
 	"github.com/tcpmap/tcpmap/userspace/manager"
 	"github.com/tcpmap/tcpmap/userspace/relay"
@@ -26,23 +26,13 @@ type fakeStatus struct{}
 func (fakeStatus) Status() api.Status      { return api.Status{Datapath: "userspace"} }
 func (fakeStatus) Conns(string) []api.Conn { return nil }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // daemon serves the admin API of a manager over one config file holding
 // TCPMapping default/ssh; it returns the socket and the file.
 func daemon(t *testing.T) (sock, file string) {
 	t.Helper()
 	dir := t.TempDir()
 	file = filepath.Join(dir, "ssh.yaml")
-	conf := fmt.Sprintf("apiVersion: getambassador.io/v3alpha1\nkind: TCPMapping\nmetadata: {name: ssh}\nspec: {address: 127.0.0.1, port: %d, service: 127.0.0.1:22}\n", freePort(t))
+	conf := fmt.Sprintf("apiVersion: getambassador.io/v3alpha1\nkind: TCPMapping\nmetadata: {name: ssh}\nspec: {address: 127.0.0.1, port: %d, service: 127.0.0.1:22}\n", testutil.FreePort(t))
 	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +70,7 @@ func daemon(t *testing.T) (sock, file string) {
 
 func TestAddListRemove(t *testing.T) {
 	sock, file := daemon(t)
-	port := strconv.Itoa(freePort(t))
+	port := strconv.Itoa(testutil.FreePort(t))
 	tests := []struct {
 		args    []string
 		want    int
@@ -122,7 +112,7 @@ func TestAddListRemove(t *testing.T) {
 
 func TestApplyFromStdin(t *testing.T) {
 	sock, _ := daemon(t)
-	doc := fmt.Sprintf("apiVersion: getambassador.io/v3alpha1\nkind: TCPMapping\nmetadata: {name: db, namespace: ops}\nspec: {address: 127.0.0.1, port: %d, service: db:5432}\n", freePort(t))
+	doc := fmt.Sprintf("apiVersion: getambassador.io/v3alpha1\nkind: TCPMapping\nmetadata: {name: db, namespace: ops}\nspec: {address: 127.0.0.1, port: %d, service: db:5432}\n", testutil.FreePort(t))
 	var out bytes.Buffer
 	code, err := run([]string{"--socket", sock, "apply", "-f", "-"}, strings.NewReader(doc), &out)
 	if code != exitOK || err != nil || !strings.Contains(out.String(), "TCPMapping ops/db created") {

@@ -20,6 +20,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcpmap/tcpmap/internal/testutil"
 )
 
 // TestImage builds the image with `make image` and runs it under podman as
@@ -114,7 +116,7 @@ func TestImage(t *testing.T) {
 	// The echo upstream and the configuration: one cleartext mapping on a
 	// free loopback port.
 	upstream := startEcho(t)
-	listenPort, metricsPort := freePort(t), freePort(t)
+	listenPort, metricsPort := testutil.FreePort(t), testutil.FreePort(t)
 	cfg, run, state := filepath.Join(work, "config"), filepath.Join(work, "run"), filepath.Join(work, "state")
 	for _, d := range []string{cfg, run, state} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -328,17 +330,6 @@ func startEcho(t *testing.T) string {
 		}
 	}()
 	return ln.Addr().String()
-}
-
-// freePort is a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // waitReady polls the daemon's /readyz, as the DaemonSet's readiness probe

@@ -31,6 +31,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/yaml"
+
+	"github.com/tcpmap/tcpmap/internal/testutil"
 )
 
 // token is the bearer token of the test's cluster-admin (system:masters).
@@ -113,17 +115,6 @@ func dumpOnFailure(t *testing.T, name, file string) {
 	})
 }
 
-// freePort returns a loopback port nobody listens on right now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // writePEM writes blocks to path, mode 0600.
 func writePEM(t *testing.T, path string, blocks ...*pem.Block) {
 	t.Helper()
@@ -191,7 +182,7 @@ func startCluster(t *testing.T, ctx context.Context) *cluster {
 		t.Fatal(err)
 	}
 
-	eport, pport, aport := freePort(t), freePort(t), freePort(t)
+	eport, pport, aport := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	eurl := "http://127.0.0.1:" + strconv.Itoa(eport)
 	purl := "http://127.0.0.1:" + strconv.Itoa(pport)
 	etcd := startProc(t, "etcd", filepath.Join(dir, "etcd.log"), filepath.Join(serverBin, "etcd"),

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
+	"github.com/tcpmap/tcpmap/internal/testutil"
 	"github.com/tcpmap/tcpmap/userspace/tlsconfig/tlstest"
 )
 
@@ -113,7 +114,7 @@ func TestKubernetesSource(t *testing.T) {
 	upA, upB := startUpstream(t, "A"), startUpstream(t, "B")
 	ca := newAuthority(t)
 	cert1 := ca.issue(t, 101, "tls.example", "tls2.example")
-	pPlain, pCanary, pTLS := freePort(t), freePort(t), freePort(t)
+	pPlain, pCanary, pTLS := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	if _, err := c.cs.CoreV1().Secrets(ns).Create(sctx, tlsSecret("tls-cert", cert1), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +326,7 @@ func TestKubernetesSource(t *testing.T) {
 	if _, err := c.cs.CoreV1().Secrets(ns).Create(sctx, tlsSecret("mtls-cert", ca.issue(t, 303, "mtls.example")), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pMTLS := freePort(t)
+	pMTLS := testutil.FreePort(t)
 	c.create(t, sctx, "{apiVersion: getambassador.io/v3alpha1, kind: TLSContext, metadata: {name: mtls-ctx}, spec: {hosts: [mtls.example], secret: mtls-cert, ca_secret: client-ca, cert_required: true}}")
 	c.create(t, sctx, fmt.Sprintf("{apiVersion: getambassador.io/v3alpha1, kind: TCPMapping, metadata: {name: mtls}, spec: {address: 127.0.0.1, port: %d, host: mtls.example, service: %q}}", pMTLS, upA.addr()))
 	mtlsAddr := net.JoinHostPort("127.0.0.1", fmt.Sprint(pMTLS))

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,33 +13,12 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tcpmap/tcpmap/internal/testutil"
 	"github.com/tcpmap/tcpmap/userspace/manager"
 	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/store"
 	"github.com/tcpmap/tcpmap/userspace/upstream"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func mappingYAML(name string, port int) string {
-	return fmt.Sprintf(`apiVersion: getambassador.io/v3alpha1
-kind: TCPMapping
-metadata:
-  name: %s
-spec:
-  address: 127.0.0.1
-  port: %d
-  service: 127.0.0.1:9
-`, name, port)
-}
 
 // node is a manager over one config file and a state dir, served on a
 // unix socket.
@@ -90,7 +67,7 @@ func newNode(t *testing.T) *node {
 	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "ssh.yaml")
-	if err := os.WriteFile(file, []byte(mappingYAML("ssh", freePort(t))), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(testutil.MappingYAML("ssh", testutil.FreePort(t))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return startNode(t, file, filepath.Join(dir, "state"))
@@ -112,7 +89,7 @@ func statusCode(err error) int {
 
 func TestApplyValidIsListedAndSurvivesRestart(t *testing.T) {
 	n := newNode(t)
-	res, err := n.client.Apply(ctx(t), "web.yaml", []byte(mappingYAML("web", freePort(t))))
+	res, err := n.client.Apply(ctx(t), "web.yaml", []byte(testutil.MappingYAML("web", testutil.FreePort(t))))
 	if err != nil || len(res.Objects) != 1 || res.Objects[0] != (Change{Kind: "TCPMapping", Namespace: "default", Name: "web", Action: "created"}) {
 		t.Fatalf("Apply = %+v, %v", res, err)
 	}
@@ -153,7 +130,7 @@ func TestApplyValidIsListedAndSurvivesRestart(t *testing.T) {
 
 func TestApplyInvalidIsRejectedWhole(t *testing.T) {
 	n := newNode(t)
-	body := mappingYAML("good", freePort(t)) + "---\n" + strings.Replace(mappingYAML("bad", 1), "port: 1", "port: 70000", 1)
+	body := testutil.MappingYAML("good", testutil.FreePort(t)) + "---\n" + strings.Replace(testutil.MappingYAML("bad", 1), "port: 1", "port: 70000", 1)
 	_, err := n.client.Apply(ctx(t), "two.yaml", []byte(body))
 	var se *StatusError
 	if !errors.As(err, &se) || se.Code != http.StatusUnprocessableEntity {
@@ -181,7 +158,7 @@ func TestDelete(t *testing.T) {
 	if _, err := n.client.Delete(ctx(t), "TCPMapping", "default", "nope"); statusCode(err) != http.StatusNotFound {
 		t.Errorf("delete unknown: %v, want 404", err)
 	}
-	if _, err := n.client.Apply(ctx(t), "", []byte(mappingYAML("web", freePort(t)))); err != nil {
+	if _, err := n.client.Apply(ctx(t), "", []byte(testutil.MappingYAML("web", testutil.FreePort(t)))); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := n.client.Delete(ctx(t), "TCPMapping", "default", "web"); err != nil {

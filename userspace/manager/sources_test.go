@@ -4,40 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tcpmap/tcpmap/internal/testutil"
 	"github.com/tcpmap/tcpmap/userspace/config"
 	"github.com/tcpmap/tcpmap/userspace/relay"
 	"github.com/tcpmap/tcpmap/userspace/store"
 	"github.com/tcpmap/tcpmap/userspace/upstream"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-func mappingYAML(name string, port int) string {
-	return fmt.Sprintf(`apiVersion: getambassador.io/v3alpha1
-kind: TCPMapping
-metadata:
-  name: %s
-spec:
-  address: 127.0.0.1
-  port: %d
-  service: 127.0.0.1:9
-`, name, port)
-}
 
 // sourcesManager runs a manager over one config file and a store.
 func sourcesManager(t *testing.T, fileYAML string) (*Manager, string, *store.Store) {
@@ -90,15 +68,15 @@ func TestMergeClashIsAnErrorOnTheStoreObject(t *testing.T) {
 }
 
 func TestReloadMergesFilesAndStore(t *testing.T) {
-	pFile, pAPI, pClash := freePort(t), freePort(t), freePort(t)
-	m, file, st := sourcesManager(t, mappingYAML("from-file", pFile))
+	pFile, pAPI, pClash := testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	m, file, st := sourcesManager(t, testutil.MappingYAML("from-file", pFile))
 	ref := func(name string) config.Ref {
 		return config.Ref{Kind: config.KindTCPMapping, Namespace: "default", Name: name}
 	}
-	if err := st.Put(ref("from-api"), []byte(mappingYAML("from-api", pAPI))); err != nil {
+	if err := st.Put(ref("from-api"), []byte(testutil.MappingYAML("from-api", pAPI))); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Put(ref("from-file"), []byte(mappingYAML("from-file", pClash))); err != nil {
+	if err := st.Put(ref("from-file"), []byte(testutil.MappingYAML("from-file", pClash))); err != nil {
 		t.Fatal(err)
 	}
 	res := m.Reload()
@@ -132,7 +110,7 @@ func TestReloadMergesFilesAndStore(t *testing.T) {
 
 func TestApplyWarnsAboutAnotherAmbassadorID(t *testing.T) {
 	m, _, _ := sourcesManager(t, "")
-	body := strings.Replace(mappingYAML("elsewhere", freePort(t)), "spec:\n", "spec:\n  ambassador_id: [other]\n", 1)
+	body := strings.Replace(testutil.MappingYAML("elsewhere", testutil.FreePort(t)), "spec:\n", "spec:\n  ambassador_id: [other]\n", 1)
 	res, err := m.ApplyObjects("x.yaml", []byte(body))
 	if err != nil || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0].Reason, "stored but not served") {
 		t.Fatalf("ApplyObjects = %+v, %v; want one warning that it is not served", res, err)
@@ -143,28 +121,28 @@ func TestApplyWarnsAboutAnotherAmbassadorID(t *testing.T) {
 }
 
 func TestApplyAndDeleteObjects(t *testing.T) {
-	pFile, pA := freePort(t), freePort(t)
-	m, file, st := sourcesManager(t, mappingYAML("ssh", pFile))
+	pFile, pA := testutil.FreePort(t), testutil.FreePort(t)
+	m, file, st := sourcesManager(t, testutil.MappingYAML("ssh", pFile))
 	m.Reload()
 
-	res, err := m.ApplyObjects("a.yaml", []byte(mappingYAML("a", pA)))
+	res, err := m.ApplyObjects("a.yaml", []byte(testutil.MappingYAML("a", pA)))
 	if err != nil || len(res.Changes) != 1 || res.Changes[0].Action != "created" || res.Reload.Listeners != 2 {
 		t.Fatalf("ApplyObjects = %+v, %v", res, err)
 	}
-	res, err = m.ApplyObjects("a.yaml", []byte(mappingYAML("a", pA)))
+	res, err = m.ApplyObjects("a.yaml", []byte(testutil.MappingYAML("a", pA)))
 	if err != nil || res.Changes[0].Action != "unchanged" {
 		t.Fatalf("apply again = %+v, %v; want unchanged", res, err)
 	}
 
 	// The file's port on all addresses: the resolve dry run rejects it.
-	allAddresses := strings.Replace(mappingYAML("b", pFile), "  address: 127.0.0.1\n", "", 1)
+	allAddresses := strings.Replace(testutil.MappingYAML("b", pFile), "  address: 127.0.0.1\n", "", 1)
 	_, err = m.ApplyObjects("b.yaml", []byte(allAddresses))
 	var rej *RejectedError
 	if !errors.As(err, &rej) || !strings.Contains(err.Error(), "TCPMapping default/b") {
 		t.Fatalf("conflicting apply: %v, want a RejectedError naming default/b", err)
 	}
 	// Invalid YAML and a name used by a file are rejected too.
-	for _, body := range []string{"kind: [", mappingYAML("ssh", freePort(t))} {
+	for _, body := range []string{"kind: [", testutil.MappingYAML("ssh", testutil.FreePort(t))} {
 		if _, err := m.ApplyObjects("x.yaml", []byte(body)); !errors.As(err, &rej) {
 			t.Errorf("apply %q: %v, want RejectedError", body, err)
 		}

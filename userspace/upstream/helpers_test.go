@@ -94,17 +94,6 @@ func listenSamePort(t *testing.T, ips ...string) ([]*server, int) {
 	return nil, 0
 }
 
-// freePort returns a loopback port nothing listens on (at the time).
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // requireIPv6 skips the test when ::1 cannot be listened on.
 func requireIPv6(t *testing.T) {
 	t.Helper()

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/tcpmap/tcpmap/internal/testutil"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
 )
 
@@ -163,7 +164,7 @@ func TestNextAddressAfterRefusal(t *testing.T) {
 
 func TestDialErrors(t *testing.T) {
 	ctx := testCtx(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	dnsNotFound := func(_ context.Context, host string) ([]net.IPAddr, error) {
 		return nil, &net.DNSError{Err: "no such host", Name: host, Server: "10.96.0.10:53", IsNotFound: true}
 	}

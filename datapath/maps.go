@@ -277,21 +277,29 @@ func (o *Objects) EnsureMapping(id uint32) error {
 
 // MappingTotals sums every mapping's per-CPU totals.
 func (o *Objects) MappingTotals() (map[uint32]MappingTotal, error) {
-	out := map[uint32]MappingTotal{}
+	return sumPerCPU(o.maps.MappingTotals, spliceMapMappingTotals, func(t *MappingTotal, v spliceMappingTotal) {
+		t.Bytes += v.Bytes
+		t.Packets += v.Packets
+		t.PassedBytes += v.PassedBytes
+	})
+}
+
+// sumPerCPU reads a per-CPU hash keyed by a uint32 id and folds each key's
+// per-CPU values into one S with add.
+func sumPerCPU[V, S any](m *ebpf.Map, name string, add func(*S, V)) (map[uint32]S, error) {
+	out := map[uint32]S{}
 	var id uint32
-	var perCPU []spliceMappingTotal
-	it := o.maps.MappingTotals.Iterate()
+	var perCPU []V
+	it := m.Iterate()
 	for it.Next(&id, &perCPU) {
-		var t MappingTotal
+		var s S
 		for _, v := range perCPU {
-			t.Bytes += v.Bytes
-			t.Packets += v.Packets
-			t.PassedBytes += v.PassedBytes
+			add(&s, v)
 		}
-		out[id] = t
+		out[id] = s
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("mapping_totals: iterate: %w", err)
+		return nil, fmt.Errorf("%s: iterate: %w", name, err)
 	}
 	return out, nil
 }

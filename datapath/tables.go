@@ -401,23 +401,11 @@ type ListenerStat struct {
 
 // ListenerStats reads listener_stats by listener id.
 func (o *Objects) ListenerStats() (map[uint32]ListenerStat, error) {
-	out := map[uint32]ListenerStat{}
-	var id uint32
-	var perCPU []lookupListenerStat
-	it := o.lookup.ListenerStats.Iterate()
-	for it.Next(&id, &perCPU) {
-		var s ListenerStat
-		for _, v := range perCPU {
-			s.Steered += v.Steered
-			s.NoSocket += v.NoSocket
-			s.Refused += v.Refused
-		}
-		out[id] = s
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("listener_stats: %w", err)
-	}
-	return out, nil
+	return sumPerCPU(o.lookup.ListenerStats, lookupMapListenerStats, func(s *ListenerStat, v lookupListenerStat) {
+		s.Steered += v.Steered
+		s.NoSocket += v.NoSocket
+		s.Refused += v.Refused
+	})
 }
 
 // putString copies s into a C char array, truncated, NUL-terminated.

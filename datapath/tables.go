@@ -104,8 +104,8 @@ type MappingTable struct {
 // sockets) each change only their own fields of an entry.
 type tables struct {
 	mu          sync.Mutex
-	listenerIDs map[string]uint32
-	mappingIDs  map[string]uint32
+	listenerIDs ids
+	mappingIDs  ids
 	entries     map[lookupListenerKey]*tableEntry
 	mappings    map[uint32]bool // ids present in the mappings map
 }
@@ -117,20 +117,35 @@ type tableEntry struct {
 }
 
 func (t *tables) init() {
-	t.listenerIDs = map[string]uint32{}
-	t.mappingIDs = map[string]uint32{}
+	t.listenerIDs = ids{byName: map[string]uint32{}}
+	t.mappingIDs = ids{byName: map[string]uint32{}}
 	t.entries = map[lookupListenerKey]*tableEntry{}
 	t.mappings = map[uint32]bool{}
 }
 
-// idFor returns name's id in ids, assigning the next one on first use.
-func idFor(ids map[string]uint32, name string) uint32 {
-	if id, ok := ids[name]; ok {
+// ids assigns dense ids, from 1, to names, and never reuses one.
+type ids struct {
+	byName map[string]uint32
+	names  []string // names[id-1]
+}
+
+// idFor returns name's id, assigning the next one on first use.
+func (t *ids) idFor(name string) uint32 {
+	if id, ok := t.byName[name]; ok {
 		return id
 	}
-	id := uint32(len(ids) + 1)
-	ids[name] = id
+	t.names = append(t.names, name)
+	id := uint32(len(t.names))
+	t.byName[name] = id
 	return id
+}
+
+// name is the name id was assigned to, or "".
+func (t *ids) name(id uint32) string {
+	if id == 0 || int(id) > len(t.names) {
+		return ""
+	}
+	return t.names[id-1]
 }
 
 // MappingID returns the id of a mapping name, the key of its entries in
@@ -144,8 +159,8 @@ func (o *Objects) MappingID(name string) (uint32, error) {
 }
 
 func (o *Objects) mappingIDLocked(name string) (uint32, error) {
-	_, known := o.tables.mappingIDs[name]
-	id := idFor(o.tables.mappingIDs, name)
+	_, known := o.tables.mappingIDs.byName[name]
+	id := o.tables.mappingIDs.idFor(name)
 	if !known {
 		if err := o.EnsureMapping(id); err != nil {
 			return 0, err
@@ -154,28 +169,11 @@ func (o *Objects) mappingIDLocked(name string) (uint32, error) {
 	return id, nil
 }
 
-// MappingName is the name a mapping id was assigned to, or "".
-func (o *Objects) MappingName(id uint32) string {
-	o.tables.mu.Lock()
-	defer o.tables.mu.Unlock()
-	for name, i := range o.tables.mappingIDs {
-		if i == id {
-			return name
-		}
-	}
-	return ""
-}
-
 // ListenerName is the name a listener id was assigned to, or "".
 func (o *Objects) ListenerName(id uint32) string {
 	o.tables.mu.Lock()
 	defer o.tables.mu.Unlock()
-	for name, i := range o.tables.listenerIDs {
-		if i == id {
-			return name
-		}
-	}
-	return ""
+	return o.tables.listenerIDs.name(id)
 }
 
 // SyncTables makes the listeners and mappings maps describe exactly the
@@ -190,7 +188,7 @@ func (o *Objects) SyncTables(listeners []ListenerTable) error {
 	wantMappings := map[uint32]lookupMapping{}
 	wantEntries := map[lookupListenerKey]lookupListener{}
 	for _, l := range listeners {
-		v := lookupListener{Id: idFor(t.listenerIDs, l.Name), N_mappings: uint32(len(l.Mappings))}
+		v := lookupListener{Id: t.listenerIDs.idFor(l.Name), N_mappings: uint32(len(l.Mappings))}
 		if l.TLS {
 			v.Flags |= listenerTLS
 		}
@@ -272,7 +270,7 @@ func (o *Objects) Steer(name string, ep Endpoint) error {
 		e = &tableEntry{}
 		t.entries[k] = e
 	}
-	e.value.Id = idFor(t.listenerIDs, name)
+	e.value.Id = t.listenerIDs.idFor(name)
 	e.value.Socket = lookupListenSocket(ep.Socket())
 	e.steered = true
 	return o.writeEntry(k, e)

@@ -2,13 +2,17 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcpmap/tcpmap/userspace/api"
 )
 
 // ctl runs tcpmapctl against socket and returns its stdout, stderr and
@@ -42,7 +46,7 @@ func TestCtlAddListRemove(t *testing.T) {
 	tp.serveEcho(t, "cockroach", 26257, false)
 	dir := t.TempDir()
 	socket, state := filepath.Join(dir, "tcpmapd.sock"), filepath.Join(dir, "state")
-	cfg := configDir(t, []string{"docs/ssh.yaml"}, nil)
+	cfg := configDir(t, []string{"docs/ssh.yaml", "bad/unknown-field.yaml"}, nil)
 	args := daemonArgs([]string{cfg}, "--admin-socket", socket, "--state-dir", state)
 	d := tp.start(t, args...)
 
@@ -58,6 +62,37 @@ func TestCtlAddListRemove(t *testing.T) {
 	out, _, code := ctl(t, socket, "list")
 	if code != 0 || !strings.Contains(out, "cockroach") || !strings.Contains(out, "api") || !strings.Contains(out, "ssh.yaml") {
 		t.Fatalf("list: exit %d\n%s", code, out)
+	}
+
+	// status lists every resource with its source and outcome: the
+	// applied one, the file's good one, and the file's rejected one with
+	// the field that sank it.
+	out, _, code = ctl(t, socket, "status", "-o", "json")
+	var st api.Status
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil {
+		t.Fatalf("status -o json: exit %d, %v\n%s", code, err, out)
+	}
+	outcomes := map[string]api.Resource{}
+	for _, r := range st.Resources {
+		outcomes[r.Kind+" "+r.Namespace+"/"+r.Name] = r
+	}
+	for name, want := range map[string]string{
+		"TCPMapping default/cockroach": "api accepted",
+		"TCPMapping default/ssh":       "file accepted",
+		"TCPMapping default/typo":      "file rejected",
+	} {
+		r := outcomes[name]
+		source, _, _ := strings.Cut(r.Source, ":")
+		if got := source + " " + r.Outcome; got != want {
+			t.Errorf("status resource %s: %q (%+v), want %q", name, got, r, want)
+		}
+	}
+	if errs := outcomes["TCPMapping default/typo"].Errors; len(errs) == 0 || !strings.Contains(strings.Join(errs, ";"), "idle_timout_ms") {
+		t.Errorf("rejected resource's errors %q do not name spec.idle_timout_ms", errs)
+	}
+	text, _, _ := ctl(t, socket, "status")
+	if !regexp.MustCompile(`TCPMapping\s+default\s+typo\s+file:\S+unknown-field.yaml:\d+\s+rejected`).MatchString(text) {
+		t.Errorf("status text does not list the rejected resource:\n%s", text)
 	}
 
 	_, errOut, code := ctl(t, socket, "remove", "ssh")

@@ -12,12 +12,29 @@ const DefaultSocket = "/run/tcpmap/tcpmapd.sock"
 type Status struct {
 	// Datapath is "kernel+userspace" (cleartext passthrough spliced by
 	// eBPF) or "userspace"; DatapathReason says why.
-	Datapath       string      `json:"datapath"`
-	DatapathReason string      `json:"datapath_reason"`
-	BPF            *BPFStatus  `json:"bpf,omitempty"`
-	Listeners      []Listener  `json:"listeners"`
-	Problems       []Problem   `json:"problems"`
-	Kernel         *KernelStat `json:"kernel,omitempty"`
+	Datapath       string     `json:"datapath"`
+	DatapathReason string     `json:"datapath_reason"`
+	BPF            *BPFStatus `json:"bpf,omitempty"`
+	Listeners      []Listener `json:"listeners"`
+	Problems       []Problem  `json:"problems"`
+	// Resources is the outcome of every resource of every source in the
+	// last reload, as Kubernetes Events announce it for its own.
+	Resources []Resource  `json:"resources"`
+	Kernel    *KernelStat `json:"kernel,omitempty"`
+}
+
+// Resource is what the last reload made of one resource.
+type Resource struct {
+	Kind      string `json:"kind"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Source is "file:PATH:LINE", "api" or "kubernetes".
+	Source string `json:"source"`
+	// Outcome is "accepted", "rejected" or "ignored" (its ambassador_id
+	// names another installation).
+	Outcome  string   `json:"outcome"`
+	Errors   []string `json:"errors,omitempty"`   // "field: reason", why it was rejected
+	Warnings []string `json:"warnings,omitempty"` // "field: reason", accepted anyway
 }
 
 // BPFStatus describes the loaded BPF objects.

@@ -54,6 +54,11 @@ func WriteStatus(w io.Writer, s api.Status) error {
 			return err
 		}
 	}
+	if len(s.Resources) > 0 {
+		if err := writeResources(w, s.Resources); err != nil {
+			return err
+		}
+	}
 	if len(s.Problems) > 0 {
 		fmt.Fprintf(w, "\nProblems:\n")
 		for _, p := range s.Problems {
@@ -61,6 +66,25 @@ func WriteStatus(w io.Writer, s api.Status) error {
 		}
 	}
 	return nil
+}
+
+// writeResources prints the outcome of every resource, one line each; the
+// reasons are in the Problems that follow.
+func writeResources(w io.Writer, rs []api.Resource) error {
+	fmt.Fprintln(w, "\nResources:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  KIND\tNAMESPACE\tNAME\tSOURCE\tOUTCOME")
+	for _, r := range rs {
+		outcome := r.Outcome
+		switch {
+		case len(r.Errors) > 0 && r.Outcome == "rejected":
+			outcome += fmt.Sprintf(" (%d error(s))", len(r.Errors))
+		case len(r.Warnings) > 0:
+			outcome += fmt.Sprintf(" (%d warning(s))", len(r.Warnings))
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", r.Kind, r.Namespace, r.Name, r.Source, outcome)
+	}
+	return tw.Flush()
 }
 
 // writeTables prints the pinned listener tables as bpftool would show

@@ -74,7 +74,19 @@ func TestStatusTable(t *testing.T) {
 			}, BPF: &api.ListenerBPF{ID: 2, Steered: true, Endpoints: []string{"127.0.0.1:8443"}, SteeredConnections: 6}},
 			{Key: "*:9000", Protocol: "TCP"},
 		},
-		Problems: []api.Problem{{Level: "error", Message: "TCPMapping default/x: spec.port: port must be 1..65535, got 70000 (/etc/tcpmap/x.yaml:7)"}},
+		Problems: []api.Problem{
+			{Level: "error", Message: "TCPMapping default/x: spec.port: port must be 1..65535, got 70000 (/etc/tcpmap/x.yaml:7)"},
+			{Level: "warning", Message: "TLSContext ops/db: spec.min_tls_version: v1.0 is below v1.2 (kubernetes)"},
+		},
+		Resources: []api.Resource{
+			{Kind: "TCPMapping", Namespace: "default", Name: "ssh", Source: "file:/etc/tcpmap/ssh.yaml:1", Outcome: "accepted"},
+			{Kind: "TCPMapping", Namespace: "default", Name: "x", Source: "file:/etc/tcpmap/x.yaml:7", Outcome: "rejected",
+				Errors: []string{"spec.port: port must be 1..65535, got 70000"}},
+			{Kind: "TCPMapping", Namespace: "ops", Name: "db", Source: "api", Outcome: "accepted"},
+			{Kind: "TCPMapping", Namespace: "ops", Name: "blue", Source: "kubernetes", Outcome: "ignored"},
+			{Kind: "TLSContext", Namespace: "ops", Name: "db", Source: "kubernetes", Outcome: "accepted",
+				Warnings: []string{"spec.min_tls_version: v1.0 is below v1.2"}},
+		},
 	}
 	var b bytes.Buffer
 	if err := WriteStatus(&b, s); err != nil {

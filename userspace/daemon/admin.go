@@ -76,6 +76,13 @@ func (a *admin) Status() api.Status {
 	for _, p := range a.m.Problems() {
 		s.Problems = append(s.Problems, apiProblem(p))
 	}
+	s.Resources = []api.Resource{}
+	for _, o := range a.m.Outcomes() {
+		s.Resources = append(s.Resources, api.Resource{
+			Kind: o.Ref.Kind, Namespace: o.Ref.Namespace, Name: o.Ref.Name, Source: api.SourceOf(o.Origin),
+			Outcome: o.State, Errors: o.Errors, Warnings: o.Warnings,
+		})
+	}
 	return s
 }
 

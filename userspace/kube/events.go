@@ -28,63 +28,28 @@ type Outcome struct {
 	Message string
 }
 
-// Outcomes computes the outcome of every Kubernetes resource of a reload:
-// those among objects (loaded) and those only in problems (rejected while
-// loading). A problem counts for a resource when it comes from Kubernetes
-// or from no source in particular (resolution, node filtering); a file's
-// problem on an object of the same name does not. Resources for which
-// skip returns true (another ambassador_id) are left out.
-func Outcomes(objects []config.Resource, problems []config.Problem, skip func(config.Resource) bool) map[config.Ref]Outcome {
-	ours := make(map[config.Ref]bool)
-	for _, r := range objects {
-		if r.Origin.Source == SourceName && (skip == nil || !skip(r)) {
-			ours[r.Ref] = true
-		}
-	}
-	for _, p := range problems {
-		if p.Origin.Source == SourceName && p.Ref.Kind != "" {
-			ours[p.Ref] = true
-		}
-	}
-	errs := make(map[config.Ref][]string)
-	warns := make(map[config.Ref][]string)
-	for _, p := range problems {
-		if !ours[p.Ref] || (p.Origin.Source != SourceName && p.Origin.Source != "") {
+// Outcomes turns the reload's outcomes (config.Outcomes) into the Event
+// due on each Kubernetes resource. Copies of a resource from other sources
+// (a file's clash on the same name) do not count, and resources meant for
+// another installation (ambassador_id) get no Event.
+func Outcomes(objects []config.Resource, problems []config.Problem, ambassadorID string) map[config.Ref]Outcome {
+	out := make(map[config.Ref]Outcome)
+	for _, o := range config.Outcomes(objects, problems, ambassadorID) {
+		if o.Origin.Source != SourceName || o.State == config.Ignored {
 			continue
 		}
-		text := p.Reason
-		if p.Field != "" {
-			text = p.Field + ": " + p.Reason
-		}
-		if p.IsWarning() {
-			warns[p.Ref] = appendOnce(warns[p.Ref], text)
-		} else {
-			errs[p.Ref] = appendOnce(errs[p.Ref], text)
-		}
-	}
-	out := make(map[config.Ref]Outcome, len(ours))
-	for ref := range ours {
 		switch {
-		case len(errs[ref]) > 0:
-			out[ref] = Outcome{Type: corev1.EventTypeWarning, Reason: ReasonRejected,
-				Message: truncate("rejected by tcpmap: " + strings.Join(errs[ref], "; "))}
-		case len(warns[ref]) > 0:
-			out[ref] = Outcome{Type: corev1.EventTypeNormal, Reason: ReasonAccepted,
-				Message: truncate("accepted by tcpmap with warnings: " + strings.Join(warns[ref], "; "))}
+		case o.State == config.Rejected:
+			out[o.Ref] = Outcome{Type: corev1.EventTypeWarning, Reason: ReasonRejected,
+				Message: truncate("rejected by tcpmap: " + strings.Join(o.Errors, "; "))}
+		case len(o.Warnings) > 0:
+			out[o.Ref] = Outcome{Type: corev1.EventTypeNormal, Reason: ReasonAccepted,
+				Message: truncate("accepted by tcpmap with warnings: " + strings.Join(o.Warnings, "; "))}
 		default:
-			out[ref] = Outcome{Type: corev1.EventTypeNormal, Reason: ReasonAccepted, Message: "accepted by tcpmap"}
+			out[o.Ref] = Outcome{Type: corev1.EventTypeNormal, Reason: ReasonAccepted, Message: "accepted by tcpmap"}
 		}
 	}
 	return out
-}
-
-func appendOnce(list []string, s string) []string {
-	for _, x := range list {
-		if x == s {
-			return list
-		}
-	}
-	return append(list, s)
 }
 
 func truncate(s string) string {
@@ -132,16 +97,6 @@ func (p *published) diff(now map[config.Ref]Outcome, uid func(config.Ref) string
 		p.last[ref] = announced{uid: id, outcome: o}
 		due = append(due, ref)
 	}
-	sort.Slice(due, func(i, j int) bool { return refLess(due[i], due[j]) })
+	sort.Slice(due, func(i, j int) bool { return config.RefLess(due[i], due[j]) })
 	return due
-}
-
-func refLess(a, b config.Ref) bool {
-	if a.Kind != b.Kind {
-		return a.Kind < b.Kind
-	}
-	if a.Namespace != b.Namespace {
-		return a.Namespace < b.Namespace
-	}
-	return a.Name < b.Name
 }

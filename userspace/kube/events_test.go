@@ -33,11 +33,7 @@ func TestOutcomes(t *testing.T) {
 		{Ref: good, Origin: file, Field: "metadata.name", Reason: "clash in the file", Level: "error"},
 		{Ref: fromFile, Origin: file, Reason: "broken", Level: "error"},
 	}
-	skip := func(r config.Resource) bool {
-		ids, ok := r.AmbassadorID()
-		return ok && !ids.Matches("default")
-	}
-	got := Outcomes(objects, problems, skip)
+	got := Outcomes(objects, problems, "default")
 	want := map[config.Ref]Outcome{
 		good:     {corev1.EventTypeNormal, ReasonAccepted, "accepted by tcpmap"},
 		warned:   {corev1.EventTypeNormal, ReasonAccepted, "accepted by tcpmap with warnings: spec.x: odd"},

@@ -421,11 +421,7 @@ func stringMap(m map[string]string) map[string]any {
 // manager's objects and problems. It does not block on the network: the
 // broadcaster sends in the background.
 func (s *Source) Publish(objects []config.Resource, problems []config.Problem) {
-	skip := func(r config.Resource) bool {
-		ids, ok := r.AmbassadorID()
-		return ok && !ids.Matches(s.opts.AmbassadorID)
-	}
-	now := Outcomes(objects, problems, skip)
+	now := Outcomes(objects, problems, s.opts.AmbassadorID)
 	refs := make(map[config.Ref]*corev1.ObjectReference, len(now))
 	for ref := range now {
 		if or := s.objectReference(ref); or != nil {

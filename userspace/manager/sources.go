@@ -118,8 +118,17 @@ func (m *Manager) Objects() []config.Resource {
 	m.mu.Lock()
 	out := append([]config.Resource(nil), m.objects...)
 	m.mu.Unlock()
-	sort.SliceStable(out, func(i, j int) bool { return refLess(out[i].Ref, out[j].Ref) })
+	sort.SliceStable(out, func(i, j int) bool { return config.RefLess(out[i].Ref, out[j].Ref) })
 	return out
+}
+
+// Outcomes returns what the last reload made of each resource of every
+// source: accepted, rejected (with the reasons) or ignored.
+func (m *Manager) Outcomes() []config.Outcome {
+	m.mu.Lock()
+	objects, problems := m.objects, m.problems // replaced on reload, never changed in place
+	m.mu.Unlock()
+	return config.Outcomes(objects, problems, idOrDefault(m.opts.Resolve.AmbassadorID))
 }
 
 // Object returns the loaded object ref, or false.
@@ -132,16 +141,6 @@ func (m *Manager) Object(ref config.Ref) (config.Resource, bool) {
 		}
 	}
 	return config.Resource{}, false
-}
-
-func refLess(a, b config.Ref) bool {
-	if a.Kind != b.Kind {
-		return a.Kind < b.Kind
-	}
-	if a.Namespace != b.Namespace {
-		return a.Namespace < b.Namespace
-	}
-	return a.Name < b.Name
 }
 
 // Errors of ApplyObjects and DeleteObject.

@@ -170,7 +170,7 @@ func pacedExchange(tp *testPair, n int64, period, timeout time.Duration) (Result
 	select {
 	case res := <-tp.done:
 		return res, nil
-	case <-time.After(time.Until(deadline) + time.Second):
+	case <-time.After(max(time.Until(deadline), 0) + time.Second):
 		return Result{}, fmt.Errorf("pair not closed within %v", timeout)
 	}
 }

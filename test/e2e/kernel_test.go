@@ -379,3 +379,104 @@ func waitUntil(t testing.TB, ctx context.Context, what string, cond func() bool)
 		}
 	}
 }
+
+// TestKernelSpliceAfter: with --splice-after, a short exchange stays in
+// the daemon and is never handed over, while a bulk exchange both ways
+// is handed to the kernel mid-stream: the bytes the daemon already
+// relayed and the ones the kernel moves after make SHA-256-equal streams,
+// and the counters add up to every byte.
+func TestKernelSpliceAfter(t *testing.T) {
+	tp := newTopology(t)
+	k := newKernelDaemon(t)
+	const n = 64 << 20
+	const upSeed, downSeed = 0xaf7e, 0x5eed
+	upDone := make(chan bulkResult, 1)
+	tp.serveFunc(t, "upstream", 7000, false, func(c net.Conn, _ *tls.ConnectionState) {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+		var req [5]byte
+		if _, err := io.ReadFull(c, req[:]); err != nil {
+			return
+		}
+		if string(req[:]) == "short" {
+			_, _ = io.WriteString(c, "answer")
+			_, _ = io.Copy(io.Discard, c)
+			return
+		}
+		upDone <- exchange(c, downSeed, n)
+	})
+	d := tp.start(t, k.args([]string{configDir(t, []string{"bulk/bulk.yaml"}, nil)}, "--splice-after", "1MiB")...)
+	ctx := testContext(t, 2*time.Minute)
+
+	short, err := tp.connect(ctx, proxyAddr(7000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	_ = short.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(short, "short"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := io.ReadAll(io.LimitReader(short, 6)); err != nil || string(got) != "answer" {
+		t.Fatalf("short exchange: %q, %v", got, err)
+	}
+	var conns []api.Conn
+	k.ctlJSON(t, &conns, "conns", "--mapping", "default/bulk-passthrough")
+	if len(conns) != 1 || conns[0].Datapath != "relay-copy" || !strings.Contains(conns[0].Why, "then the kernel") {
+		t.Errorf("short connection in conns: %+v, want relay-copy until the threshold", conns)
+	}
+	if m := mappingStatus(t, k.status(t), "default/bulk-passthrough"); m.Spliced != 0 {
+		t.Errorf("short connection spliced (%d), want it relayed in the daemon", m.Spliced)
+	}
+	short.Close()
+
+	c, err := tp.connect(ctx, proxyAddr(7000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "bulk!"); err != nil {
+		t.Fatal(err)
+	}
+	client := exchange(c, upSeed, n)
+	var up bulkResult
+	select {
+	case up = <-upDone:
+	case <-ctx.Done():
+		t.Fatal("upstream did not finish")
+	}
+	if client.err != nil || up.err != nil {
+		t.Fatalf("client: %v; upstream: %v", client.err, up.err)
+	}
+	if !bytes.Equal(client.sent, up.received) || !bytes.Equal(up.sent, client.received) {
+		t.Fatalf("SHA-256 differ across the hand-off: client sent %x, upstream got %x; upstream sent %x, client got %x",
+			client.sent, up.received, up.sent, client.received)
+	}
+	c.Close()
+
+	var m api.Mapping
+	waitUntil(t, ctx, "both connections' ends to be counted", func() bool {
+		m = mappingStatus(t, k.status(t), "default/bulk-passthrough")
+		return m.Active == 0 && m.Total == 2
+	})
+	if m.Spliced != 1 {
+		t.Errorf("spliced %d connections, want the bulk one only", m.Spliced)
+	}
+	wantUp, wantDown := uint64(len("short")+len("bulk!")+n), uint64(len("answer")+n)
+	if got := m.KernelBytesToUpstream + m.BytesToUpstream; got != wantUp {
+		t.Errorf("client→upstream accounted %d bytes (kernel %d + daemon %d), want %d", got, m.KernelBytesToUpstream, m.BytesToUpstream, wantUp)
+	}
+	if got := m.KernelBytesToClient + m.BytesToClient; got != wantDown {
+		t.Errorf("upstream→client accounted %d bytes (kernel %d + daemon %d), want %d", got, m.KernelBytesToClient, m.BytesToClient, wantDown)
+	}
+	if m.KernelBytesToUpstream == 0 || m.KernelBytesToClient == 0 {
+		t.Errorf("the kernel moved %d/%d bytes after the hand-off, want some each way", m.KernelBytesToUpstream, m.KernelBytesToClient)
+	}
+	putOff := 0
+	for _, e := range d.logs() {
+		if strings.HasPrefix(e.str("msg"), "kernel hand-off put off") {
+			putOff++
+		}
+	}
+	t.Logf("daemon moved %d/%d KiB before the hand-off (put off %d times), the kernel %d/%d MiB after", m.BytesToUpstream>>10,
+		m.BytesToClient>>10, putOff, m.KernelBytesToUpstream>>20, m.KernelBytesToClient>>20)
+}

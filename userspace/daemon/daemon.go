@@ -82,6 +82,9 @@ type Options struct {
 	// WatchNamespace limits the Kubernetes source to one namespace; empty
 	// watches all.
 	WatchNamespace string
+	// SpliceAfter is how many bytes a cleartext connection moves in
+	// userspace before the kernel takes it; 0 hands it over at once.
+	SpliceAfter int
 	// SKLookup is "auto", "on" or "off": serve every listener from one
 	// socket per family through the sk_lookup program.
 	SKLookup string
@@ -233,6 +236,7 @@ func Run(ctx context.Context, opts Options) error {
 			ServerTLS:          tlsconfig.ServerConfig,
 			ClientTLS:          tlsconfig.ClientConfig,
 			Splicer:            splicer,
+			SpliceAfter:        int64(opts.SpliceAfter),
 			ObserveDial: func(mapping config.Ref, took time.Duration, err error) {
 				dials.ObserveDial(mapping.NamespacedName(), took, err)
 			},

@@ -32,7 +32,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")
 	fs.StringVar(&o.SKLookup, "sk-lookup", SKLookupAuto, "with the eBPF datapath, serve every listener from one socket per address family through sk_lookup: auto, on or off (one socket per listener)")
 	fs.StringVar(&o.BPFFS, "bpffs", datapath.DefaultPinDir, "directory on a bpffs where the eBPF objects are pinned (inspect with bpftool)")
-	fs.Var(&sizeFlag{&o.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
+	fs.Var(&sizeFlag{v: &o.SpliceAfter, zero: true}, "splice-after", "with the eBPF datapath, relay each cleartext connection in userspace until it has moved this many bytes, then hand it to the kernel, so short connections skip the hand-off (e.g. 64KiB; 0 hands over at once)")
+	fs.Var(&sizeFlag{v: &o.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
 	fs.StringVar(&o.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
 	fs.StringVar(&o.StateDir, "state-dir", DefaultStateDir, "directory where objects applied with tcpmapctl persist across restarts; empty disables applying")
 	fs.BoolVar(&o.WatchConfig, "watch", true, "reload when a configuration file changes (as SIGHUP does)")
@@ -66,8 +67,11 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// sizeFlag parses a byte size: 4194304, 4MiB, 512KiB.
-type sizeFlag struct{ v *int }
+// sizeFlag parses a byte size: 4194304, 4MiB, 512KiB; 0 too when zero.
+type sizeFlag struct {
+	v    *int
+	zero bool
+}
 
 func (f *sizeFlag) String() string {
 	if f.v == nil || *f.v == 0 {
@@ -86,7 +90,7 @@ func (f *sizeFlag) Set(s string) error {
 	for _, u := range units {
 		if num, ok := strings.CutSuffix(s, u.suffix); ok {
 			n, err := strconv.Atoi(strings.TrimSpace(num))
-			if err != nil || n <= 0 {
+			if err != nil || n < 0 || n == 0 && !f.zero {
 				return fmt.Errorf("%q: want a positive size such as 4MiB", s)
 			}
 			*f.v = n * u.mult

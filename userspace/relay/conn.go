@@ -44,6 +44,13 @@ type relayConn struct {
 	// since start; only kept when idleTimeout > 0.
 	lastActive atomic.Int64
 	splice     bool
+	// Deferred splice (relayThenSplice): the threshold, the bytes moved
+	// so far both ways, whether the pause for the hand-off has begun, and
+	// whether a direction ended first (then there is no hand-off).
+	spliceAfter int64
+	moved       atomic.Int64
+	pausing     atomic.Bool
+	ended       atomic.Bool
 	// Per-direction state, each written only by its own direction and
 	// read after wg.Wait. Keeping the LimitedReaders here saves two
 	// allocations per connection on the splice path.
@@ -181,6 +188,13 @@ func (s *Server) handle(c *relayConn) {
 			rs.breaker.release()
 			s.untrack(c)
 		}
+		if after := s.opts.SpliceAfter; after > 0 {
+			handedOff = s.relayThenSplice(c, rs.route.IdleTimeout, after, finish)
+			if !handedOff {
+				s.logClosed(c)
+			}
+			return
+		}
 		switch s.kernelSplice(c, up, rs.route.IdleTimeout, finish) {
 		case spliceHanded:
 			handedOff = true
@@ -191,8 +205,13 @@ func (s *Server) handle(c *relayConn) {
 	}
 
 	c.relay(rs.route.IdleTimeout)
+	s.logClosed(c)
+}
+
+// logClosed logs the end of a connection relayed here.
+func (s *Server) logClosed(c *relayConn) {
 	if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
-		ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", bs.backend.Mapping),
+		ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
 			zap.Int64("bytes_to_upstream", c.bytesUp.Load()), zap.Int64("bytes_to_client", c.bytesDn.Load()),
 			zap.Duration("duration", time.Since(c.start)))
 	}

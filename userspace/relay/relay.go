@@ -80,6 +80,11 @@ type Options struct {
 	// passthrough backends after the dial: the kernel moves their bytes.
 	// Nil relays everything in this process.
 	Splicer Splicer
+	// SpliceAfter, with a Splicer, relays each connection here until it
+	// has moved this many bytes (both ways together) and only then hands
+	// it to the Splicer, so that short connections do not pay for the
+	// hand-off. Zero hands over right after the dial.
+	SpliceAfter int64
 }
 
 // Server relays the connections of one listener. Its methods are safe for

@@ -1,0 +1,40 @@
+package daemon
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestSizeFlags(t *testing.T) {
+	for _, tt := range []struct {
+		args        []string
+		after       int
+		bound       int
+		errContains string
+	}{
+		{args: nil, after: 0, bound: 0},
+		{args: []string{"--splice-after", "64KiB", "--splice-bound", "4MiB"}, after: 64 << 10, bound: 4 << 20},
+		{args: []string{"--splice-after", "0"}, after: 0},
+		{args: []string{"--splice-after", "1048576"}, after: 1 << 20},
+		{args: []string{"--splice-bound", "0"}, errContains: "positive size"},
+		{args: []string{"--splice-after", "-1"}, errContains: "positive size"},
+		{args: []string{"--splice-after", "lots"}, errContains: "positive size"},
+	} {
+		var o Options
+		fs := pflag.NewFlagSet("tcpmapd", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		err := fs.Parse(tt.args)
+		switch {
+		case tt.errContains != "":
+			if err == nil || !strings.Contains(err.Error(), tt.errContains) {
+				t.Errorf("%v: error %v, want one containing %q", tt.args, err, tt.errContains)
+			}
+		case err != nil:
+			t.Errorf("%v: %v", tt.args, err)
+		case o.SpliceAfter != tt.after || o.SpliceBound != tt.bound:
+			t.Errorf("%v: splice-after %d, splice-bound %d; want %d, %d", tt.args, o.SpliceAfter, o.SpliceBound, tt.after, tt.bound)
+		}
+	}
+}

@@ -1,0 +1,203 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// pastDeadline is a read deadline already gone: it wakes a blocked read at
+// once, and every later read fails until it is cleared.
+var pastDeadline = time.Unix(1, 0)
+
+// pauseWriteTimeout bounds a write that is under way when the pause for a
+// hand-off begins. The other direction has stopped reading by then; if
+// this write waits on a peer that waits on that direction (an echo under
+// load), only giving up the attempt breaks the wait.
+const pauseWriteTimeout = 200 * time.Millisecond
+
+// phaseEnd is how one direction of a deferred splice ended a phase.
+type phaseEnd int
+
+const (
+	phasePaused  phaseEnd = iota // stopped at a read; every byte read was written
+	phaseStalled                 // a write outlasted pauseWriteTimeout; bytes are left over
+	phaseEOF                     // the source ended; its destination is half-closed
+	phaseFailed                  // reset or closed; the connection is closed
+)
+
+// deferredDir is one direction of a deferred splice: direction 0 carries
+// client bytes to the upstream, direction 1 the answer back.
+type deferredDir struct {
+	src, dst *endpoint
+	pending  []byte // read but not yet written: the PROXY prefix, or a stalled write's rest
+	ended    bool
+}
+
+// relayThenSplice relays a splice-eligible connection here until it has
+// moved after bytes (both ways together), then hands it to the kernel. A
+// connection that ends first (a request and its answer) never pays for
+// the hand-off's syscalls and map updates; a long one moves the rest of
+// its bytes in the kernel.
+//
+// The direction that crosses the threshold sets a read deadline in the
+// past on both sockets, and a short write deadline. Each direction then
+// stops at its next read with everything it read already written, so no
+// byte is held in this process and the sockets' queues hold all that is
+// in flight when the kernel takes them. A write that cannot finish in
+// time (its peer waits on the direction that stopped) calls the attempt
+// off: both directions resume here, and the next attempt comes after
+// another after bytes.
+//
+// It reports true when the kernel took the connection (finish then runs
+// at its end), false when the connection was relayed here to its end or
+// closed: a direction ended first, or the splicer declined.
+func (s *Server) relayThenSplice(c *relayConn, idle time.Duration, after int64, finish func()) bool {
+	c.setDatapath(DatapathRelayCopy, fmt.Sprintf("here for the first %d bytes, then the kernel", after))
+	if idle > 0 {
+		c.startIdle(idle)
+	}
+	dirs := [2]deferredDir{{src: &c.down, dst: &c.upstream, pending: c.prefix}, {src: &c.upstream, dst: &c.down}}
+	c.prefix = nil
+	c.spliceAfter = after
+	for {
+		var ends [2]phaseEnd
+		for d := range dirs {
+			ends[d] = phaseEOF
+		}
+		if !dirs[1].ended {
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				ends[1] = c.copyPhase(&dirs[1], false)
+			}()
+		}
+		if !dirs[0].ended {
+			ends[0] = c.copyPhase(&dirs[0], true)
+		}
+		c.wg.Wait()
+
+		// Both directions are stopped: nothing else reads, writes or
+		// counts until the next phase.
+		_ = c.down.tcp.SetDeadline(time.Time{})
+		_ = c.upstream.tcp.SetDeadline(time.Time{})
+		switch {
+		case ends[0] == phaseFailed || ends[1] == phaseFailed || c.isClosed():
+			c.close(true)
+			return false
+		case dirs[0].ended && dirs[1].ended:
+			c.close(false)
+			return false
+		case ends[0] == phasePaused && ends[1] == phasePaused:
+			c.spliceAfter = 0
+			c.stopIdle()
+			switch s.kernelSplice(c, c.upstream.tcp, idle, finish) {
+			case spliceHanded:
+				return true
+			case spliceFailed:
+				return false
+			}
+			c.relay(idle) // declined: the rest goes through here too
+			return false
+		}
+		// A direction ended (the other finishes here; a half-closed pair
+		// is about to end) or a write stalled (try again later).
+		if dirs[0].ended || dirs[1].ended {
+			c.setDatapath(DatapathRelayCopy, "ended before the kernel hand-off")
+		} else {
+			c.spliceAfter = c.moved.Load() + after
+			if ce := s.log.Check(zap.DebugLevel, "kernel hand-off put off: a write outlasted the pause"); ce != nil {
+				ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
+					zap.Int64("moved", c.moved.Load()), zap.Int64("next_at", c.spliceAfter))
+			}
+		}
+		c.pausing.Store(false)
+	}
+}
+
+// copyPhase copies d's source to its destination through a buffer, first
+// writing what is pending, until the pause for the hand-off stops it, the
+// source ends (passed on as a half-close) or something fails (both sides
+// closed with reset, as pump does).
+func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
+	write := func(b []byte) error {
+		c.touch()
+		n, err := d.dst.conn.Write(b)
+		c.count(toUpstream, int64(n))
+		c.touch()
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.pausing.Load() {
+			d.pending = append([]byte(nil), b[n:]...)
+			return err
+		}
+		d.pending = nil
+		if err == nil {
+			c.noteMoved(int64(n))
+		}
+		return err
+	}
+	fail := func(err error) phaseEnd {
+		if errors.Is(err, os.ErrDeadlineExceeded) && c.pausing.Load() {
+			return phaseStalled
+		}
+		c.close(true)
+		return phaseFailed
+	}
+	if len(d.pending) > 0 {
+		if err := write(d.pending); err != nil {
+			return fail(err)
+		}
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		nr, rerr := d.src.conn.Read(buf)
+		if nr > 0 {
+			if err := write(buf[:nr]); err != nil {
+				return fail(err)
+			}
+		}
+		switch {
+		case rerr == nil:
+		case rerr == io.EOF:
+			d.ended = true
+			c.ended.Store(true)
+			closeWrite(d.dst)
+			return phaseEOF
+		case errors.Is(rerr, os.ErrDeadlineExceeded) && c.pausing.Load():
+			return phasePaused
+		default:
+			c.close(true)
+			return phaseFailed
+		}
+	}
+}
+
+// noteMoved adds n to the bytes moved and, on crossing spliceAfter while
+// both directions still flow, starts the pause for the hand-off.
+func (c *relayConn) noteMoved(n int64) {
+	if c.moved.Add(n) < c.spliceAfter || c.spliceAfter == 0 || c.ended.Load() || !c.pausing.CompareAndSwap(false, true) {
+		return
+	}
+	wd := time.Now().Add(pauseWriteTimeout)
+	for _, tc := range []*net.TCPConn{c.down.tcp, c.upstream.tcp} {
+		_ = tc.SetReadDeadline(pastDeadline)
+		_ = tc.SetWriteDeadline(wd)
+	}
+}
+
+// stopIdle stops the userspace idle timer before the kernel, which keeps
+// its own, takes over.
+func (c *relayConn) stopIdle() {
+	c.mu.Lock()
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+		c.idleTimer = nil
+	}
+	c.mu.Unlock()
+}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -37,4 +38,21 @@ func TestSizeFlags(t *testing.T) {
 			t.Errorf("%v: splice-after %d, splice-bound %d; want %d, %d", tt.args, o.SpliceAfter, o.SpliceBound, tt.after, tt.bound)
 		}
 	}
+}
+
+// Every flag the daemon accepts is in README's flag table, so the table
+// cannot fall behind the daemon.
+func TestREADMEDocumentsEveryFlag(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o Options
+	fs := pflag.NewFlagSet("tcpmapd", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	fs.VisitAll(func(f *pflag.Flag) {
+		if !strings.Contains(string(readme), "| `--"+f.Name) && !strings.Contains(string(readme), "`--"+f.Name+"`, ") {
+			t.Errorf("flag --%s (%s) is not in README.md's flag table", f.Name, f.Usage)
+		}
+	})
 }

@@ -26,8 +26,12 @@ type proxyKind struct {
 // proxyKinds lists every proxy in table order.
 var proxyKinds = []proxyKind{
 	{key: "direct", title: "direct (no proxy)", start: startDirect},
-	{key: "userspace", title: "tcpmapd --datapath userspace", start: tcpmapdStarter("userspace")},
-	{key: "ebpf", title: "tcpmapd --datapath ebpf", start: tcpmapdStarter("ebpf")},
+	{key: "userspace", title: "tcpmapd --datapath userspace", start: tcpmapdStarter("userspace", "userspace")},
+	{key: "ebpf", title: "tcpmapd --datapath ebpf", start: tcpmapdStarter("ebpf", "ebpf")},
+	// The same without the deferred hand-off: every connection goes to
+	// the kernel right after the dial, so the table shows what deferring
+	// saves and what it costs.
+	{key: "ebpf-at-once", title: "tcpmapd --datapath ebpf, hand-off at once", start: tcpmapdStarter("ebpf-at-once", "ebpf", "--splice-after-bytes", "0", "--splice-after-time", "0")},
 	{key: "haproxy", title: "HAProxy (tcp, nbthread 2)", start: startHAProxy},
 	{key: "gorelay", title: "Go io.Copy relay (reference)", start: startGoRelay},
 }
@@ -179,9 +183,11 @@ spec:
 	return b.String()
 }
 
-// tcpmapdStarter starts tcpmapd with one datapath. A daemon that exits or
-// never serves makes the column unavailable with the reason from its log.
-func tcpmapdStarter(datapath string) func(context.Context, *env) (*instance, error) {
+// tcpmapdStarter starts tcpmapd with one datapath and extra flags; name
+// keeps its files and pins apart from the other variants'. A daemon that
+// exits or never serves makes the column unavailable with the reason from
+// its log.
+func tcpmapdStarter(name, datapath string, extra ...string) func(context.Context, *env) (*instance, error) {
 	return func(ctx context.Context, e *env) (*instance, error) {
 		bin, err := e.tcpmapdBinary(ctx)
 		if err != nil {
@@ -191,7 +197,7 @@ func tcpmapdStarter(datapath string) func(context.Context, *env) (*instance, err
 		if err != nil {
 			return nil, err
 		}
-		dir := filepath.Join(e.tmp, "tcpmapd-"+datapath)
+		dir := filepath.Join(e.tmp, "tcpmapd-"+name)
 		if err := os.MkdirAll(filepath.Join(dir, "config"), 0o755); err != nil {
 			return nil, err
 		}
@@ -203,8 +209,8 @@ func tcpmapdStarter(datapath string) func(context.Context, *env) (*instance, err
 		// the bench must not collide with a tcpmapd already running here.
 		args := []string{"--config", cfg, "--datapath", datapath, "--drain-timeout", "1s", "--log-level", "info",
 			"--admin-socket", "", "--metrics-addr", "", "--state-dir", "",
-			"--bpffs", fmt.Sprintf("/sys/fs/bpf/tcpmap-bench-%d-%s", os.Getpid(), datapath)}
-		args = append(args, e.opts.tcpmapdArgs...)
+			"--bpffs", fmt.Sprintf("/sys/fs/bpf/tcpmap-bench-%d-%s", os.Getpid(), name)}
+		args = append(append(args, extra...), e.opts.tcpmapdArgs...)
 		c, err := startChild("tcpmapd "+datapath, filepath.Join(dir, "tcpmapd.log"), nil, bin, args...)
 		if err != nil {
 			return nil, err

@@ -74,8 +74,12 @@ func newKernelDaemon(t testing.TB) kernelDaemon {
 	return k
 }
 
+// args runs the daemon on the kernel datapath, handing each connection
+// over right after the dial (no --splice-after-* deferral), so that what
+// these tests see is the kernel's work; extra flags come last and win.
 func (k kernelDaemon) args(configs []string, extra ...string) []string {
-	args := daemonArgs(configs, "--datapath", "ebpf", "--bpffs", k.pinDir, "--admin-socket", k.socket)
+	args := daemonArgs(configs, "--datapath", "ebpf", "--bpffs", k.pinDir, "--admin-socket", k.socket,
+		"--splice-after-bytes", "0", "--splice-after-time", "0")
 	return append(args, extra...)
 }
 
@@ -380,7 +384,7 @@ func waitUntil(t testing.TB, ctx context.Context, what string, cond func() bool)
 	}
 }
 
-// TestKernelSpliceAfter: with --splice-after, a short exchange stays in
+// TestKernelSpliceAfter: with --splice-after-bytes, a short exchange stays in
 // the daemon and is never handed over, while a bulk exchange both ways
 // is handed to the kernel mid-stream: the bytes the daemon already
 // relayed and the ones the kernel moves after make SHA-256-equal streams,
@@ -404,7 +408,7 @@ func TestKernelSpliceAfter(t *testing.T) {
 		}
 		upDone <- exchange(c, downSeed, n)
 	})
-	d := tp.start(t, k.args([]string{configDir(t, []string{"bulk/bulk.yaml"}, nil)}, "--splice-after", "1MiB")...)
+	d := tp.start(t, k.args([]string{configDir(t, []string{"bulk/bulk.yaml"}, nil)}, "--splice-after-bytes", "1MiB")...)
 	ctx := testContext(t, 2*time.Minute)
 
 	short, err := tp.connect(ctx, proxyAddr(7000))

@@ -82,9 +82,11 @@ type Options struct {
 	// WatchNamespace limits the Kubernetes source to one namespace; empty
 	// watches all.
 	WatchNamespace string
-	// SpliceAfter is how many bytes a cleartext connection moves in
-	// userspace before the kernel takes it; 0 hands it over at once.
-	SpliceAfter int
+	// SpliceAfterBytes and SpliceAfterTime: a cleartext connection moves
+	// that many bytes, or lives that long, in userspace before the kernel
+	// takes it; both 0 hands it over at once.
+	SpliceAfterBytes int
+	SpliceAfterTime  time.Duration
 	// SKLookup is "auto", "on" or "off": serve every listener from one
 	// socket per family through the sk_lookup program.
 	SKLookup string
@@ -236,7 +238,8 @@ func Run(ctx context.Context, opts Options) error {
 			ServerTLS:          tlsconfig.ServerConfig,
 			ClientTLS:          tlsconfig.ClientConfig,
 			Splicer:            splicer,
-			SpliceAfter:        int64(opts.SpliceAfter),
+			SpliceAfterBytes:   int64(opts.SpliceAfterBytes),
+			SpliceAfterTime:    opts.SpliceAfterTime,
 			ObserveDial: func(mapping config.Ref, took time.Duration, err error) {
 				dials.ObserveDial(mapping.NamespacedName(), took, err)
 			},

@@ -32,7 +32,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.DNSTTL, "dns-ttl", 30*time.Second, "how long resolved upstream addresses are cached")
 	fs.StringVar(&o.SKLookup, "sk-lookup", SKLookupAuto, "with the eBPF datapath, serve every listener from one socket per address family through sk_lookup: auto, on or off (one socket per listener)")
 	fs.StringVar(&o.BPFFS, "bpffs", datapath.DefaultPinDir, "directory on a bpffs where the eBPF objects are pinned (inspect with bpftool)")
-	fs.Var(&sizeFlag{v: &o.SpliceAfter, zero: true}, "splice-after", "with the eBPF datapath, relay each cleartext connection in userspace until it has moved this many bytes, then hand it to the kernel, so short connections skip the hand-off (e.g. 64KiB; 0 hands over at once)")
+	o.SpliceAfterBytes = DefaultSpliceAfterBytes
+	fs.Var(&sizeFlag{v: &o.SpliceAfterBytes, zero: true}, "splice-after-bytes", "with the eBPF datapath, relay each cleartext connection in userspace until it has moved this many bytes (or lived --splice-after-time), then hand it to the kernel, so short connections skip the hand-off; 0 with --splice-after-time 0 hands over at once")
+	fs.DurationVar(&o.SpliceAfterTime, "splice-after-time", DefaultSpliceAfterTime, "with the eBPF datapath, hand a cleartext connection to the kernel once it has lived this long, even if it moved few bytes (an idle connection then holds no goroutines); 0: no time trigger")
 	fs.Var(&sizeFlag{v: &o.SpliceBound}, "splice-bound", "most kernel memory one spliced connection may hold under a slow reader (e.g. 4MiB; default 4MiB)")
 	fs.StringVar(&o.AdminSocket, "admin-socket", api.DefaultSocket, "admin API unix socket for tcpmapctl (mode 0600); empty disables it")
 	fs.StringVar(&o.StateDir, "state-dir", DefaultStateDir, "directory where objects applied with tcpmapctl persist across restarts; empty disables applying")
@@ -44,6 +46,16 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.WatchNamespace, "watch-namespace", "", "with --kubernetes, watch only this namespace (default: all)")
 	fs.StringVar(&o.NodeAddresses, "node-addresses", "", "open only listeners whose address is empty or one of these: \"auto\" (this host's interface addresses; the default with --kubernetes), a comma-separated list, or \"any\"")
 }
+
+// The deferred hand-off's defaults. 64 KiB is more than a request and its
+// answer in most protocols, so those end in userspace, where they cost
+// less than the hand-off (make bench: connections/s); a bulk transfer
+// crosses it within microseconds. After a second even a quiet connection
+// goes to the kernel, where it holds no goroutines.
+const (
+	DefaultSpliceAfterBytes = 64 << 10
+	DefaultSpliceAfterTime  = time.Second
+)
 
 // Validate reports flag combinations the daemon cannot serve.
 func (o *Options) Validate() error {

@@ -15,13 +15,14 @@ func TestSizeFlags(t *testing.T) {
 		bound       int
 		errContains string
 	}{
-		{args: nil, after: 0, bound: 0},
-		{args: []string{"--splice-after", "64KiB", "--splice-bound", "4MiB"}, after: 64 << 10, bound: 4 << 20},
-		{args: []string{"--splice-after", "0"}, after: 0},
-		{args: []string{"--splice-after", "1048576"}, after: 1 << 20},
+		{args: nil, after: DefaultSpliceAfterBytes, bound: 0},
+		{args: []string{"--splice-after-bytes", "64KiB", "--splice-bound", "4MiB"}, after: 64 << 10, bound: 4 << 20},
+		{args: []string{"--splice-after-bytes", "0"}, after: 0},
+		{args: []string{"--splice-after-bytes", "1048576"}, after: 1 << 20},
 		{args: []string{"--splice-bound", "0"}, errContains: "positive size"},
-		{args: []string{"--splice-after", "-1"}, errContains: "positive size"},
-		{args: []string{"--splice-after", "lots"}, errContains: "positive size"},
+		{args: []string{"--splice-after-bytes", "0", "--splice-after-bytes", "2KiB"}, after: 2 << 10},
+		{args: []string{"--splice-after-bytes", "-1"}, errContains: "positive size"},
+		{args: []string{"--splice-after-bytes", "lots"}, errContains: "positive size"},
 	} {
 		var o Options
 		fs := pflag.NewFlagSet("tcpmapd", pflag.ContinueOnError)
@@ -34,8 +35,8 @@ func TestSizeFlags(t *testing.T) {
 			}
 		case err != nil:
 			t.Errorf("%v: %v", tt.args, err)
-		case o.SpliceAfter != tt.after || o.SpliceBound != tt.bound:
-			t.Errorf("%v: splice-after %d, splice-bound %d; want %d, %d", tt.args, o.SpliceAfter, o.SpliceBound, tt.after, tt.bound)
+		case o.SpliceAfterBytes != tt.after || o.SpliceBound != tt.bound:
+			t.Errorf("%v: splice-after %d, splice-bound %d; want %d, %d", tt.args, o.SpliceAfterBytes, o.SpliceBound, tt.after, tt.bound)
 		}
 	}
 }

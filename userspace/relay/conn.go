@@ -188,8 +188,8 @@ func (s *Server) handle(c *relayConn) {
 			rs.breaker.release()
 			s.untrack(c)
 		}
-		if after := s.opts.SpliceAfter; after > 0 {
-			handedOff = s.relayThenSplice(c, rs.route.IdleTimeout, after, finish)
+		if s.opts.SpliceAfterBytes > 0 || s.opts.SpliceAfterTime > 0 {
+			handedOff = s.relayThenSplice(c, rs.route.IdleTimeout, finish)
 			if !handedOff {
 				s.logClosed(c)
 			}

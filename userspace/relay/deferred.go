@@ -6,9 +6,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // pastDeadline is a read deadline already gone: it wakes a blocked read at
@@ -40,31 +42,36 @@ type deferredDir struct {
 }
 
 // relayThenSplice relays a splice-eligible connection here until it has
-// moved after bytes (both ways together), then hands it to the kernel. A
-// connection that ends first (a request and its answer) never pays for
-// the hand-off's syscalls and map updates; a long one moves the rest of
-// its bytes in the kernel.
+// moved SpliceAfterBytes (both ways together) or lived SpliceAfterTime,
+// then hands it to the kernel. A connection that ends first (a request and
+// its answer) never pays for the hand-off's syscalls and map updates; a
+// long or long-lived one moves the rest of its bytes in the kernel.
 //
-// The direction that crosses the threshold sets a read deadline in the
-// past on both sockets, and a short write deadline. Each direction then
-// stops at its next read with everything it read already written, so no
-// byte is held in this process and the sockets' queues hold all that is
-// in flight when the kernel takes them. A write that cannot finish in
-// time (its peer waits on the direction that stopped) calls the attempt
-// off: both directions resume here, and the next attempt comes after
-// another after bytes.
+// The trigger sets a read deadline in the past on both sockets, and a
+// short write deadline. Each direction then stops at its next read with
+// everything it read already written, so no byte is held in this process
+// and the sockets' queues hold all that is in flight when the kernel takes
+// them. A write that cannot finish in time (its peer waits on the
+// direction that stopped) calls the attempt off: both directions resume
+// here, and the next attempt comes after as many bytes or as long again.
 //
 // It reports true when the kernel took the connection (finish then runs
 // at its end), false when the connection was relayed here to its end or
 // closed: a direction ended first, or the splicer declined.
-func (s *Server) relayThenSplice(c *relayConn, idle time.Duration, after int64, finish func()) bool {
-	c.setDatapath(DatapathRelayCopy, fmt.Sprintf("here for the first %d bytes, then the kernel", after))
+func (s *Server) relayThenSplice(c *relayConn, idle time.Duration, finish func()) bool {
+	after, wait := s.opts.SpliceAfterBytes, s.opts.SpliceAfterTime
+	c.setDatapath(DatapathRelayCopy, deferredWhy(after, wait))
 	if idle > 0 {
 		c.startIdle(idle)
 	}
 	dirs := [2]deferredDir{{src: &c.down, dst: &c.upstream, pending: c.prefix}, {src: &c.upstream, dst: &c.down}}
 	c.prefix = nil
 	c.spliceAfter = after
+	var timer *time.Timer
+	if wait > 0 {
+		timer = time.AfterFunc(wait, c.startPause)
+		defer timer.Stop()
+	}
 	for {
 		var ends [2]phaseEnd
 		for d := range dirs {
@@ -110,7 +117,12 @@ func (s *Server) relayThenSplice(c *relayConn, idle time.Duration, after int64, 
 		if dirs[0].ended || dirs[1].ended {
 			c.setDatapath(DatapathRelayCopy, "ended before the kernel hand-off")
 		} else {
-			c.spliceAfter = c.moved.Load() + after
+			if after > 0 {
+				c.spliceAfter = c.moved.Load() + after
+			}
+			if timer != nil {
+				timer.Reset(wait)
+			}
 			if ce := s.log.Check(zap.DebugLevel, "kernel hand-off put off: a write outlasted the pause"); ce != nil {
 				ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
 					zap.Int64("moved", c.moved.Load()), zap.Int64("next_at", c.spliceAfter))
@@ -152,15 +164,31 @@ func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
 			return fail(err)
 		}
 	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	rc, err := d.src.tcp.SyscallConn()
+	if err != nil {
+		c.close(true)
+		return phaseFailed
+	}
 	for {
-		nr, rerr := d.src.conn.Read(buf)
+		// Wait for bytes before taking a buffer: a quiet connection then
+		// holds none, and a burst of them does not pin 64 KiB each.
+		if rerr := waitReadable(rc); rerr != nil {
+			if errors.Is(rerr, os.ErrDeadlineExceeded) && c.pausing.Load() {
+				return phasePaused
+			}
+			c.close(true)
+			return phaseFailed
+		}
+		bp := bufPool.Get().(*[]byte)
+		nr, rerr := d.src.conn.Read(*bp)
 		if nr > 0 {
-			if err := write(buf[:nr]); err != nil {
+			err := write((*bp)[:nr])
+			bufPool.Put(bp)
+			if err != nil {
 				return fail(err)
 			}
+		} else {
+			bufPool.Put(bp)
 		}
 		switch {
 		case rerr == nil:
@@ -178,16 +206,50 @@ func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
 	}
 }
 
-// noteMoved adds n to the bytes moved and, on crossing spliceAfter while
-// both directions still flow, starts the pause for the hand-off.
+// noteMoved adds n to the bytes moved and, on crossing spliceAfter,
+// starts the pause for the hand-off.
 func (c *relayConn) noteMoved(n int64) {
-	if c.moved.Add(n) < c.spliceAfter || c.spliceAfter == 0 || c.ended.Load() || !c.pausing.CompareAndSwap(false, true) {
+	if c.moved.Add(n) >= c.spliceAfter && c.spliceAfter > 0 {
+		c.startPause()
+	}
+}
+
+// startPause stops both directions at their next read, unless one has
+// ended or the pause has begun already. The time trigger calls it from a
+// timer: an idle connection is handed over too, and stops holding two
+// goroutines.
+func (c *relayConn) startPause() {
+	if c.ended.Load() || !c.pausing.CompareAndSwap(false, true) {
 		return
 	}
 	wd := time.Now().Add(pauseWriteTimeout)
 	for _, tc := range []*net.TCPConn{c.down.tcp, c.upstream.tcp} {
 		_ = tc.SetReadDeadline(pastDeadline)
 		_ = tc.SetWriteDeadline(wd)
+	}
+}
+
+// waitReadable waits until a read on rc would not block (bytes, end of
+// stream or an error), or its read deadline passes.
+func waitReadable(rc syscall.RawConn) error {
+	var probe [1]byte
+	var perr error
+	err := rc.Read(func(fd uintptr) bool {
+		_, _, perr = unix.Recvfrom(int(fd), probe[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return perr != unix.EAGAIN
+	})
+	return err
+}
+
+// deferredWhy says, for Conns, when the connection goes to the kernel.
+func deferredWhy(after int64, wait time.Duration) string {
+	switch {
+	case after > 0 && wait > 0:
+		return fmt.Sprintf("here for the first %d bytes or %v, then the kernel", after, wait)
+	case after > 0:
+		return fmt.Sprintf("here for the first %d bytes, then the kernel", after)
+	default:
+		return fmt.Sprintf("here for the first %v, then the kernel", wait)
 	}
 }
 

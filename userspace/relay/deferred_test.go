@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A connection that ends below SpliceAfter never reaches the splicer and
@@ -14,7 +15,7 @@ import (
 func TestSpliceAfterShortStaysLongHandsOver(t *testing.T) {
 	sp := &copySplicer{}
 	up := startUpstream(t, "up", nil, bannerEcho("up"))
-	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfter: 64 << 10})
+	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfterBytes: 64 << 10})
 
 	short := dial(t, relayAddr(l))
 	if got := readLine(t, short); got != "up sni= cn=" {
@@ -96,7 +97,7 @@ func TestSpliceAfterWriteStallDoesNotDeadlock(t *testing.T) {
 		received <- sum
 		halfClose(c)
 	})
-	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfter: 16 << 20})
+	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfterBytes: 16 << 20})
 
 	c := dial(t, relayAddr(l))
 	sent := make(chan [32]byte, 1)
@@ -133,7 +134,7 @@ func TestSpliceAfterHalfClosedStaysHere(t *testing.T) {
 		writeRandom(c, 3, answer)
 		halfClose(c)
 	})
-	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfter: 64 << 10})
+	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfterBytes: 64 << 10})
 
 	c := dial(t, relayAddr(l))
 	io.WriteString(c, "GET /big\n")
@@ -159,7 +160,7 @@ func TestSpliceAfterKeepsProxyPrefixFirst(t *testing.T) {
 	b := backend("m", up.addr(), 100)
 	l := tcpListener(b)
 	l.ProxyProtocol = true
-	_, l = startRelay(t, l, Options{Splicer: sp, SpliceAfter: 4 << 10})
+	_, l = startRelay(t, l, Options{Splicer: sp, SpliceAfterBytes: 4 << 10})
 
 	c := dial(t, relayAddr(l))
 	header := proxyHeader(t, 1, "192.0.2.10:4242", "198.51.100.1:443")
@@ -184,4 +185,24 @@ func TestSpliceAfterKeepsProxyPrefixFirst(t *testing.T) {
 	if calls := sp.calls.Load(); calls != 1 {
 		t.Errorf("splicer called %d times, want once", calls)
 	}
+}
+
+// An idle connection is handed over when SpliceAfterTime passes, however
+// few bytes it moved, and keeps working after.
+func TestSpliceAfterTimeHandsOverIdle(t *testing.T) {
+	sp := &copySplicer{}
+	up := startUpstream(t, "up", nil, bannerEcho("up"))
+	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)),
+		Options{Splicer: sp, SpliceAfterBytes: 1 << 30, SpliceAfterTime: 50 * time.Millisecond})
+
+	c := dial(t, relayAddr(l))
+	if got := readLine(t, c); got != "up sni= cn=" {
+		t.Fatalf("banner %q", got)
+	}
+	waitFor(t, "the idle connection handed over", func() bool { return sp.calls.Load() == 1 })
+	echoRoundTrip(t, c, "after the hand-off")
+	waitFor(t, "the connection shown in the kernel", func() bool {
+		conns := srv.Conns()
+		return len(conns) == 1 && conns[0].Datapath == DatapathKernel
+	})
 }

@@ -80,11 +80,14 @@ type Options struct {
 	// passthrough backends after the dial: the kernel moves their bytes.
 	// Nil relays everything in this process.
 	Splicer Splicer
-	// SpliceAfter, with a Splicer, relays each connection here until it
-	// has moved this many bytes (both ways together) and only then hands
-	// it to the Splicer, so that short connections do not pay for the
-	// hand-off. Zero hands over right after the dial.
-	SpliceAfter int64
+	// SpliceAfterBytes and SpliceAfterTime, with a Splicer, relay each
+	// connection here until it has moved that many bytes (both ways
+	// together) or lived that long, whichever comes first, and only then
+	// hand it to the Splicer: short connections do not pay for the
+	// hand-off, and idle ones still end up in the kernel. Both zero hands
+	// over right after the dial; a zero one does not trigger.
+	SpliceAfterBytes int64
+	SpliceAfterTime  time.Duration
 }
 
 // Server relays the connections of one listener. Its methods are safe for

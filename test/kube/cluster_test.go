@@ -18,7 +18,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -277,8 +279,10 @@ current-context: e2e
 }
 
 // installCRDs creates the CRDs of deploy/kubernetes/crds, as its
-// kustomization lists them, and waits until each is Established.
-func (c *cluster) installCRDs(t *testing.T, ctx context.Context) {
+// kustomization lists them, and waits until each is Established and the
+// API server's discovery lists it. With plurals ("tcpmappings"), only
+// those CRDs are created.
+func (c *cluster) installCRDs(t *testing.T, ctx context.Context, plurals ...string) {
 	t.Helper()
 	dir := filepath.Join("..", "..", "deploy", "kubernetes", "crds")
 	var kust struct {
@@ -306,6 +310,9 @@ func (c *cluster) installCRDs(t *testing.T, ctx context.Context) {
 			t.Fatalf("%s: %v", f, err)
 		}
 		u := &unstructured.Unstructured{Object: obj}
+		if plural, _, _ := unstructured.NestedString(obj, "spec", "names", "plural"); len(plurals) > 0 && !slices.Contains(plurals, plural) {
+			continue
+		}
 		if _, err := c.dyn.Resource(gvr).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create CRD %s: %v", f, err)
 		}
@@ -325,6 +332,19 @@ func (c *cluster) installCRDs(t *testing.T, ctx context.Context) {
 				}
 			}
 			return fmt.Errorf("not established yet")
+		})
+		plural, group, _ := strings.Cut(n, ".")
+		waitFor(t, ctx, "discovery lists "+n, func() error {
+			l, err := c.cs.Discovery().ServerResourcesForGroupVersion(group + "/v3alpha1")
+			if err != nil {
+				return err
+			}
+			for _, r := range l.APIResources {
+				if r.Name == plural {
+					return nil
+				}
+			}
+			return fmt.Errorf("not listed yet")
 		})
 	}
 }

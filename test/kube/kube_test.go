@@ -35,12 +35,18 @@ var plurals = map[string]string{"TCPMapping": "tcpmappings", "TLSContext": "tlsc
 // create creates one getambassador.io object from YAML in ns.
 func (c *cluster) create(t *testing.T, ctx context.Context, text string) {
 	t.Helper()
+	c.createIn(t, ctx, ns, text)
+}
+
+// createIn creates one getambassador.io object from YAML in namespace.
+func (c *cluster) createIn(t *testing.T, ctx context.Context, namespace, text string) {
+	t.Helper()
 	var obj map[string]any
 	if err := yaml.Unmarshal([]byte(text), &obj); err != nil {
 		t.Fatalf("%v\n%s", err, text)
 	}
 	u := &unstructured.Unstructured{Object: obj}
-	if _, err := c.dyn.Resource(gvr(plurals[u.GetKind()])).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+	if _, err := c.dyn.Resource(gvr(plurals[u.GetKind()])).Namespace(namespace).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
 	}
 }
@@ -91,10 +97,14 @@ func refusedTLS(ctx context.Context, dial dialer) error {
 // an invalid resource gets a Warning Event and shows in tcpmapctl status
 // while the others serve; a deleted TCPMapping closes its listener; a
 // TLSContext whose ca_secret is an Opaque Secret requires client
-// certificates signed by that CA; and with the API server stopped,
+// certificates signed by that CA; a tcpmapd with --watch-namespace sees
+// only its namespace (testWatchNamespace); a configuration file's
+// TLSContext uses Secrets that exist only in the cluster
+// (testFileSecretFromKubernetes); and with the API server stopped,
 // tcpmapd keeps serving.
 func TestKubernetesSource(t *testing.T) {
 	requireSetup(t)
+	t.Parallel() // its own API server: nothing shared with the other tests
 	ctx := testContext(t, 4*time.Minute)
 	step := func(name string) context.Context {
 		t.Logf("step: %s", name)
@@ -187,6 +197,19 @@ func TestKubernetesSource(t *testing.T) {
 	}
 	if !strings.Contains(out, "error: TCPMapping "+ns+"/bad: spec.port:") || !strings.Contains(out, "(kubernetes)") {
 		t.Errorf("tcpmapctl status does not show the rejected resource with its source:\n%s", out)
+	}
+	// The same outcomes as the Events, per resource: bad rejected for
+	// spec.port, plain accepted, both from kubernetes.
+	st, err := d.status(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := st.resource("TCPMapping", ns, "bad"); !ok || r.Source != "kubernetes" || r.Outcome != "rejected" ||
+		len(r.Errors) == 0 || !strings.HasPrefix(r.Errors[0], "spec.port: ") {
+		t.Errorf("status resource TCPMapping %s/bad = %+v (found %v), want rejected from kubernetes for spec.port", ns, r, ok)
+	}
+	if r, ok := st.resource("TCPMapping", ns, "plain"); !ok || r.Source != "kubernetes" || r.Outcome != "accepted" {
+		t.Errorf("status resource TCPMapping %s/plain = %+v (found %v), want accepted from kubernetes", ns, r, ok)
 	}
 	if _, err := probe(sctx, plain); err != nil {
 		t.Errorf("plain stopped serving after the invalid resource: %v", err)
@@ -363,6 +386,14 @@ func TestKubernetesSource(t *testing.T) {
 	for _, obj := range []struct{ kind, name string }{{"TLSContext", "mtls-ctx"}, {"Secret", "client-ca"}} {
 		waitAccepted(t, sctx, c, obj.kind, obj.name)
 	}
+
+	// Two more tcpmapd on the same API server, before it is stopped.
+	subtest(t, ctx, "watch-namespace", time.Minute, func(t *testing.T, ctx context.Context) {
+		testWatchNamespace(t, ctx, c, upA, ca)
+	})
+	subtest(t, ctx, "file-secret-from-kubernetes", time.Minute, func(t *testing.T, ctx context.Context) {
+		testFileSecretFromKubernetes(t, ctx, c, upA, ca)
+	})
 
 	sctx = step("with the API server stopped, tcpmapd keeps serving")
 	live, err := startStream(sctx, tlsB, "outage")

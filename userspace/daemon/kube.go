@@ -15,8 +15,9 @@ import (
 )
 
 // kubeSyncTimeout bounds the wait for the first list of every watched
-// kind. Past it tcpmapd serves what it has (a missing CRD, an API server
-// that is down at start) and takes the rest as it arrives.
+// kind. Past it tcpmapd serves what it has (an API server that is down at
+// start) and takes the rest as it arrives. A kind whose CRD is not
+// installed is not waited for: discovery says so at once.
 const kubeSyncTimeout = 30 * time.Second
 
 // kubeConfig is the in-cluster configuration, or the kubeconfig file's.

@@ -20,6 +20,9 @@ import (
 type secretUse struct {
 	owner config.Ref
 	field string // as the resolve package names it: "spec.ca_secret"
+	// external: the owner comes from another source (a file, the admin
+	// API), which reports its own problems.
+	external bool
 }
 
 // referencedSecrets maps the "namespace/name" of every Secret the loaded
@@ -62,6 +65,39 @@ func referencedSecrets(rs []config.Resource) map[string][]secretUse {
 	return out
 }
 
+// Referenced is told, before each Resources, the resources of the other
+// sources: the configuration files and the objects applied through the
+// admin API (manager.Referrer). The Secrets they name and do not hold
+// themselves are passed on from Kubernetes as well, so that a file's
+// TLSContext or Host can use a Secret that lives only in the cluster.
+// Those the other sources hold are not, so that no copy clashes with
+// theirs.
+func (s *Source) Referenced(others []config.Resource) {
+	refs := referencedSecrets(others)
+	for _, r := range others {
+		if r.Ref.Kind == config.KindSecret {
+			delete(refs, r.Ref.Namespace+"/"+r.Ref.Name)
+		}
+	}
+	for _, uses := range refs {
+		for i := range uses {
+			uses[i].external = true
+		}
+	}
+	s.mu.Lock()
+	s.external = refs
+	s.mu.Unlock()
+}
+
+// withExternal adds the other sources' references (Referenced) to refs
+// and returns it. The caller holds s.mu.
+func (s *Source) withExternal(refs map[string][]secretUse) map[string][]secretUse {
+	for key, uses := range s.external {
+		refs[key] = append(refs[key], uses...)
+	}
+	return refs
+}
+
 // secretName splits a TLSContext secret reference as the resolve package
 // does: "name", or with secret_namespacing (the default) "name.namespace".
 func secretName(ref, defaultNS string, namespacing bool) (ns, name string) {
@@ -90,7 +126,7 @@ type secretWatch struct {
 // HasSynced of the watches that have not listed yet. It never waits. The
 // caller holds s.mu.
 func (s *Source) watchSecrets(refs map[string][]secretUse, prune bool) (probs []config.Problem, pending []string, hasSynced []cache.InformerSynced) {
-	tls := s.informers[config.KindSecret].GetStore()
+	tls := s.secrets.GetStore()
 	want := make(map[string]bool, len(refs))
 	for _, key := range sortedKeys(refs) {
 		ns, name, _ := strings.Cut(key, "/")
@@ -98,6 +134,9 @@ func (s *Source) watchSecrets(refs map[string][]secretUse, prune bool) (probs []
 			// Otherwise the resolver's "not found" would be all the
 			// operator sees of a Secret that exists.
 			for _, u := range refs[key] {
+				if u.external {
+					continue // perhaps a typo, or in no cluster at all: "not found" says enough
+				}
 				probs = append(probs, config.Problem{Ref: u.owner, Origin: config.Origin{Source: SourceName},
 					Field: u.field, Level: "error",
 					Reason: fmt.Sprintf("Secret %s is outside the watched namespace %s (--watch-namespace), so tcpmap does not read it", key, s.opts.Namespace)})
@@ -164,7 +203,7 @@ func (s *Source) startSecretWatch(ns, name string) *secretWatch {
 func (s *Source) awaitSecrets(ctx context.Context) []string {
 	rs, _ := s.kindResources()
 	s.mu.Lock()
-	_, names, hasSynced := s.watchSecrets(referencedSecrets(rs), false)
+	_, names, hasSynced := s.watchSecrets(s.withExternal(referencedSecrets(rs)), false)
 	s.mu.Unlock()
 	if len(hasSynced) == 0 || cache.WaitForCacheSync(ctx.Done(), hasSynced...) {
 		return nil
@@ -181,7 +220,7 @@ func (s *Source) awaitSecrets(ctx context.Context) []string {
 // cachedSecret is the Secret "namespace/name" from the kubernetes.io/tls
 // informer, else from its own watch; nil when neither holds it.
 func (s *Source) cachedSecret(key string) *corev1.Secret {
-	stores := []cache.Store{s.informers[config.KindSecret].GetStore()}
+	stores := []cache.Store{s.secrets.GetStore()}
 	s.mu.Lock()
 	if w := s.watches[key]; w != nil {
 		stores = append(stores, w.inf.GetStore())

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/tcpmap/tcpmap/userspace/config"
+	"github.com/tcpmap/tcpmap/userspace/manager"
 	"github.com/tcpmap/tcpmap/userspace/tlsconfig/tlstest"
 )
 
@@ -201,12 +202,16 @@ func TestSourceSecretByName(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait("an update of the Opaque Secret")
-	rs, _ = src.Resources()
-	for _, r := range rs {
-		if r.Ref.Name == "ca" && string(r.Secret.Cert) != string(ca2.CertPEM) {
-			t.Errorf("Secret apps/ca after the update holds the old certificate")
+	// The OnChange may be the first sync's, late: the update follows.
+	waitUntil(t, ctx, "Secret apps/ca with the new certificate", func() bool {
+		rs, _ = src.Resources()
+		for _, r := range rs {
+			if r.Ref.Name == "ca" && string(r.Secret.Cert) == string(ca2.CertPEM) {
+				return true
+			}
 		}
-	}
+		return false
+	})
 
 	// Dropping the reference stops the watch, after the reload.
 	drain()
@@ -278,3 +283,92 @@ func TestSourceSecretOutsideWatchNamespace(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceReferencedByOtherSources: the Secrets a file's resources name
+// are passed on from Kubernetes, a TLS one at once and an Opaque one once
+// its watch by name has listed; one the files hold themselves is not
+// (their copy would clash); one outside the watched namespace is no
+// problem of the source's; once no file names them they are gone, and
+// so is the watch.
+func TestSourceReferencedByOtherSources(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ca := tlstest.NewCA(t, "client-ca")
+	srv := tlstest.NewCA(t, "server-ca").Server(t, "a.example")
+	tlsSec := func(name string) *corev1.Secret {
+		return &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "apps", UID: types.UID("uid-" + name), ResourceVersion: "1"},
+			Type:       corev1.SecretTypeTLS,
+			Data:       map[string][]byte{"tls.crt": srv.CertPEM, "tls.key": srv.KeyPEM},
+		}
+	}
+	api := newSecretAPI(tlsSec("cluster-cert"), tlsSec("file-cert"), tlsSec("unrelated"), opaqueSecret("apps", "cluster-ca", ca.CertPEM))
+	changes := make(chan struct{}, 10)
+	src := startSource(t, ctx, Options{Dynamic: fakeDynamic(), Clientset: api, Recorder: record.NewFakeRecorder(10),
+		Namespace: "apps", Debounce: 10 * time.Millisecond, OnChange: func() { changes <- struct{}{} }})
+
+	file := fmt.Sprintf(`apiVersion: getambassador.io/v3alpha1
+kind: TLSContext
+metadata: {name: ctx, namespace: apps}
+spec: {hosts: [a.example], secret: cluster-cert, ca_secret: cluster-ca}
+---
+apiVersion: getambassador.io/v3alpha1
+kind: TLSContext
+metadata: {name: elsewhere, namespace: apps}
+spec: {hosts: [b.example], ca_secret: ca.other}
+---
+apiVersion: getambassador.io/v3alpha1
+kind: Host
+metadata: {name: h, namespace: apps}
+spec: {hostname: c.example, tlsSecret: {name: file-cert}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: file-cert, namespace: apps}
+type: kubernetes.io/tls
+stringData: {tls.crt: %q, tls.key: %q}
+`, srv.CertPEM, srv.KeyPEM)
+	others, probs := config.LoadBytes("conf.yaml", []byte(file), config.Origin{Source: "file"})
+	if len(probs) != 0 || len(others) != 4 {
+		t.Fatalf("the file: %v, %v", refStrings(others), probs)
+	}
+
+	src.Referenced(others)
+	rs, probs := src.Resources()
+	if got, want := refStrings(rs), []string{"Secret apps/cluster-cert"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("first Resources: %v, want %v (the TLS Secret at once)", got, want)
+	}
+	if len(probs) != 0 {
+		t.Errorf("problems %v, want none: the files report their own", probs)
+	}
+	select {
+	case <-changes: // the Opaque Secret's watch listed it
+	case <-ctx.Done():
+		t.Fatal("no OnChange once the Opaque Secret's watch listed")
+	}
+	waitUntil(t, ctx, "the Opaque Secret", func() bool {
+		src.Referenced(others)
+		rs, _ = src.Resources()
+		return fmt.Sprint(refStrings(rs)) == "[Secret apps/cluster-ca Secret apps/cluster-cert]"
+	})
+	for _, r := range rs {
+		if r.Origin.Source != SourceName {
+			t.Errorf("%s has origin %+v, want %s", r.Ref, r.Origin, SourceName)
+		}
+	}
+	if got, want := api.watched(), []string{"apps?metadata.name=cluster-ca", "apps?type=kubernetes.io/tls"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Secret watches %v, want %v", got, want)
+	}
+
+	src.Referenced(nil)
+	if rs, _ := src.Resources(); len(rs) != 0 {
+		t.Errorf("no file names a Secret: %v", refStrings(rs))
+	}
+	waitUntil(t, ctx, "the watch of the Opaque Secret to stop", func() bool {
+		return api.openWatches("apps?metadata.name=cluster-ca") == 0
+	})
+}
+
+// The daemon hands the source to the manager, which tells it the other
+// sources' resources through this interface.
+var _ manager.Referrer = (*Source)(nil)

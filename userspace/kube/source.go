@@ -6,6 +6,10 @@
 // through the same strict loader as a configuration file, and publishes
 // each resource's outcome as an Event.
 //
+// A kind whose CRD is not installed is served as empty: the API server's
+// discovery says which kinds it serves, and the informer of a missing
+// kind starts when its CRD appears (discovery.go).
+//
 // It never blocks the manager on the network: Resources reads the
 // informers' caches. When the API server is away the reflectors retry with
 // backoff and the caches keep the last copy, so tcpmap keeps serving it.
@@ -24,7 +28,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -72,6 +76,13 @@ type Options struct {
 	// Secrets and writes Events.
 	Dynamic   dynamic.Interface
 	Clientset kubernetes.Interface
+	// Discovery says which kinds the API server serves; nil means
+	// Clientset's.
+	Discovery discovery.DiscoveryInterface
+	// Recheck is how often discovery is asked again while a kind's CRD is
+	// missing; zero means DefaultRecheck. Every reload asks too, at most
+	// once a second.
+	Recheck time.Duration
 	// Namespace limits the watch to one namespace; empty watches all.
 	Namespace string
 	// AmbassadorID is this installation's id: resources for other ids get
@@ -95,23 +106,29 @@ type Source struct {
 	opts Options
 	log  *zap.Logger
 
-	dyn       dynamicinformer.DynamicSharedInformerFactory
-	typed     informers.SharedInformerFactory
-	informers map[string]cache.SharedIndexInformer // by kind, Secret included
+	disc    discovery.DiscoveryInterfaceWithContext
+	dyn     dynamicinformer.DynamicSharedInformerFactory
+	typed   informers.SharedInformerFactory
+	secrets cache.SharedIndexInformer // the kubernetes.io/tls Secrets
 
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
 
-	kick   chan struct{}
-	ctx    context.Context // Start's, parent of the per-name Secret watches; guarded by mu
-	cancel context.CancelFunc
-	done   chan struct{}
-	wg     sync.WaitGroup // the per-name Secret watches
+	kick       chan struct{}
+	rediscover chan struct{}   // a reload asks discovery again
+	discovered chan struct{}   // closed once discovery has answered
+	ctx        context.Context // Start's, parent of the per-name Secret watches; guarded by mu
+	cancel     context.CancelFunc
+	done       chan struct{}
+	wg         sync.WaitGroup // the discovery loop and the per-name Secret watches
 
-	mu      sync.Mutex
-	pub     published
-	errLogs map[string]time.Time
-	watches map[string]*secretWatch // by "namespace/name"
+	mu       sync.Mutex
+	kinds    map[string]cache.SharedIndexInformer // the started informers of the getambassador.io kinds
+	missing  map[string]bool                      // kinds discovery does not list (CRD not installed)
+	external map[string][]secretUse               // Secrets the other sources name (Referenced)
+	pub      published
+	errLogs  map[string]time.Time
+	watches  map[string]*secretWatch // by "namespace/name"
 }
 
 // New prepares the informers; nothing talks to the API server before
@@ -132,22 +149,29 @@ func New(opts Options) (*Source, error) {
 	if opts.AmbassadorID == "" {
 		opts.AmbassadorID = "default"
 	}
+	if opts.Recheck <= 0 {
+		opts.Recheck = DefaultRecheck
+	}
+	if opts.Discovery == nil {
+		opts.Discovery = opts.Clientset.Discovery()
+	}
 	s := &Source{
-		opts:      opts,
-		log:       opts.Logger,
-		informers: make(map[string]cache.SharedIndexInformer),
-		kick:      make(chan struct{}, 1),
-		errLogs:   make(map[string]time.Time),
-		watches:   make(map[string]*secretWatch),
-		recorder:  opts.Recorder,
+		opts:       opts,
+		log:        opts.Logger,
+		disc:       discovery.ToDiscoveryInterfaceWithContext(opts.Discovery),
+		kick:       make(chan struct{}, 1),
+		rediscover: make(chan struct{}, 1),
+		discovered: make(chan struct{}),
+		kinds:      make(map[string]cache.SharedIndexInformer),
+		missing:    make(map[string]bool),
+		errLogs:    make(map[string]time.Time),
+		watches:    make(map[string]*secretWatch),
+		recorder:   opts.Recorder,
 	}
 	// No periodic resync: the caches are complete and a resync would only
-	// cause reloads that change nothing.
+	// cause reloads that change nothing. The informers of the kinds are
+	// made once discovery lists them (startKinds).
 	s.dyn = dynamicinformer.NewFilteredDynamicSharedInformerFactory(opts.Dynamic, 0, opts.Namespace, nil)
-	for _, k := range Kinds {
-		gvr := schema.GroupVersionResource{Group: Group, Version: Version, Resource: k.Resource}
-		s.informers[k.Kind] = s.dyn.ForResource(gvr).Informer()
-	}
 	// Only TLS Secrets, selected by the API server: tcpmap has no business
 	// caching a cluster's other Secrets. The few others a resource names
 	// get a watch of their own, by name (watchSecrets).
@@ -156,12 +180,9 @@ func New(opts Options) (*Source, error) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.FieldSelector = "type=" + string(corev1.SecretTypeTLS)
 		}))
-	s.informers[config.KindSecret] = s.typed.Core().V1().Secrets().Informer()
-
-	for kind, inf := range s.informers {
-		if err := s.observe(kind, inf); err != nil {
-			return nil, fmt.Errorf("kubernetes source: %w", err)
-		}
+	s.secrets = s.typed.Core().V1().Secrets().Informer()
+	if err := s.observe(config.KindSecret, s.secrets); err != nil {
+		return nil, fmt.Errorf("kubernetes source: %w", err)
 	}
 	if s.recorder == nil {
 		s.broadcaster = record.NewBroadcaster()
@@ -217,46 +238,55 @@ func resourceVersion(obj any) string {
 // by the reflector without calling this; reachability logs those.
 func (s *Source) watchError(kind string) cache.WatchErrorHandler {
 	return func(_ *cache.Reflector, err error) {
-		s.mu.Lock()
-		last := s.errLogs[kind]
-		due := time.Since(last) >= errorLogEvery
-		if due {
-			s.errLogs[kind] = time.Now()
-		}
-		s.mu.Unlock()
-		if due {
-			s.log.Warn("kubernetes API: list/watch failed; serving the last copy, retrying with backoff",
-				zap.String("kind", kind), zap.Error(err))
-		}
+		s.warnEvery(kind, "kubernetes API: list/watch failed; serving the last copy, retrying with backoff",
+			zap.String("kind", kind), zap.Error(err))
 	}
 }
 
-// Start runs the informers and the change notifier until ctx is done or
-// Close is called.
+// Start runs the discovery of the kinds, their informers and the change
+// notifier until ctx is done or Close is called.
 func (s *Source) Start(ctx context.Context) {
 	ctx, s.cancel = context.WithCancel(ctx)
 	s.mu.Lock()
 	s.ctx = ctx
 	s.mu.Unlock()
 	s.done = make(chan struct{})
-	s.dyn.Start(ctx.Done())
 	s.typed.Start(ctx.Done())
+	s.wg.Add(1)
+	go s.discover(ctx)
 	go s.notify(ctx)
 }
 
-// WaitForSync waits until every informer has listed once, then until the
-// Secrets the resources name outside the kubernetes.io/tls informer have,
-// or until ctx is done. It returns the kinds (and "Secret namespace/name")
-// not yet synced, for instance a CRD that is not installed; they are
-// served as soon as they sync.
+// WaitForSync waits until discovery has answered and the informers of the
+// kinds it lists have listed once, then until the Secrets the resources
+// name outside the kubernetes.io/tls informer have, or until ctx is done.
+// A kind whose CRD is not installed is not waited for: it is empty until
+// the CRD appears. It returns the kinds (and "Secret namespace/name") not
+// yet synced, for instance all of them while the API server is away; they
+// are served as soon as they sync.
 func (s *Source) WaitForSync(ctx context.Context) []string {
-	synced := make([]cache.InformerSynced, 0, len(s.informers))
-	for _, inf := range s.informers {
+	select {
+	case <-s.discovered:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	infs := map[string]cache.SharedIndexInformer{config.KindSecret: s.secrets}
+	for kind, inf := range s.kinds {
+		infs[kind] = inf
+	}
+	var pending []string
+	for _, k := range Kinds {
+		if infs[k.Kind] == nil && !s.missing[k.Kind] {
+			pending = append(pending, k.Kind) // discovery has not answered
+		}
+	}
+	s.mu.Unlock()
+	synced := make([]cache.InformerSynced, 0, len(infs))
+	for _, inf := range infs {
 		synced = append(synced, inf.HasSynced)
 	}
 	cache.WaitForCacheSync(ctx.Done(), synced...)
-	var pending []string
-	for kind, inf := range s.informers {
+	for kind, inf := range infs {
 		if !inf.HasSynced() {
 			pending = append(pending, kind)
 		}
@@ -330,15 +360,24 @@ func (s *Source) notify(ctx context.Context) {
 func (s *Source) Name() string { return SourceName }
 
 // Resources converts the cached objects, getambassador.io kinds first,
-// then the Secrets they reference. It reads only the caches; it starts
-// the watches of newly named Secrets that are not kubernetes.io/tls and
-// stops those no longer named, without waiting for either.
+// then the Secrets they, and the other sources' resources (Referenced),
+// reference. It reads only the caches; it starts the watches of newly
+// named Secrets that are not kubernetes.io/tls and stops those no longer
+// named, without waiting for either. While a kind's CRD is missing it
+// asks discovery again, without waiting either.
 func (s *Source) Resources() ([]config.Resource, []config.Problem) {
 	rs, probs := s.kindResources()
-	refs := referencedSecrets(rs)
 	s.mu.Lock()
+	refs := s.withExternal(referencedSecrets(rs))
 	more, _, _ := s.watchSecrets(refs, true)
+	looking := len(s.kinds) < len(Kinds)
 	s.mu.Unlock()
+	if looking {
+		select {
+		case s.rediscover <- struct{}{}:
+		default: // already due
+		}
+	}
 	probs = append(probs, more...)
 	for _, key := range sortedKeys(refs) {
 		if sec := s.cachedSecret(key); sec != nil {
@@ -349,12 +388,24 @@ func (s *Source) Resources() ([]config.Resource, []config.Problem) {
 	return rs, probs
 }
 
+// informer is the started informer of a getambassador.io kind; nil
+// before discovery lists it.
+func (s *Source) informer(kind string) cache.SharedIndexInformer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kinds[kind]
+}
+
 // kindResources converts the cached getambassador.io objects.
 func (s *Source) kindResources() ([]config.Resource, []config.Problem) {
 	var rs []config.Resource
 	var probs []config.Problem
 	for _, k := range Kinds {
-		for _, obj := range sortedObjects(s.informers[k.Kind].GetStore()) {
+		inf := s.informer(k.Kind)
+		if inf == nil {
+			continue // its CRD is not installed: none
+		}
+		for _, obj := range sortedObjects(inf.GetStore()) {
 			u, ok := obj.(*unstructured.Unstructured)
 			if !ok {
 				continue
@@ -446,12 +497,11 @@ func (s *Source) Publish(objects []config.Resource, problems []config.Problem) {
 func (s *Source) objectReference(ref config.Ref) *corev1.ObjectReference {
 	key := ref.Namespace + "/" + ref.Name
 	var obj any
-	switch inf := s.informers[ref.Kind]; {
-	case ref.Kind == config.KindSecret: // TLS or watched by name
+	if ref.Kind == config.KindSecret { // TLS or watched by name
 		if sec := s.cachedSecret(key); sec != nil {
 			obj = sec
 		}
-	case inf != nil:
+	} else if inf := s.informer(ref.Kind); inf != nil {
 		obj, _, _ = inf.GetStore().GetByKey(key)
 	}
 	if obj == nil {

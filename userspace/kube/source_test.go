@@ -67,6 +67,9 @@ func tlsSecret(t *testing.T, ns, name string) *corev1.Secret {
 // is closed when the test ends.
 func startSource(t *testing.T, ctx context.Context, opts Options) *Source {
 	t.Helper()
+	if opts.Discovery == nil {
+		opts.Discovery = newServedAPI(allResources()...)
+	}
 	src, err := New(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,14 @@ type Source interface {
 	Resources() ([]config.Resource, []config.Problem)
 }
 
+// Referrer is a Source that also supplies what the files' and the
+// store's resources name but do not hold, such as the Kubernetes Secret
+// of a file's TLSContext. Before each Resources it is told those
+// resources.
+type Referrer interface {
+	Referenced(others []config.Resource)
+}
+
 // loadSources reads the configuration files, the other sources and the
 // store, and merges them in that order.
 func (m *Manager) loadSources() ([]config.Resource, []config.Problem) {
@@ -35,17 +43,22 @@ func (m *Manager) loadSources() ([]config.Resource, []config.Problem) {
 // applied when it is non-nil (an apply's dry run).
 func (m *Manager) loadSourcesWith(applied []config.Resource) ([]config.Resource, []config.Problem) {
 	files, problems := config.Load(m.opts.ConfigPaths)
+	var storeProblems []config.Problem
+	if applied == nil && m.opts.Store != nil {
+		var entries []store.Entry
+		entries, storeProblems = m.opts.Store.Load()
+		applied = resources(entries)
+	}
 	layers := [][]config.Resource{files}
 	for _, src := range m.opts.Sources {
+		if r, ok := src.(Referrer); ok {
+			r.Referenced(append(append([]config.Resource(nil), files...), applied...))
+		}
 		rs, more := src.Resources()
 		problems = append(problems, more...)
 		layers = append(layers, rs)
 	}
-	if applied == nil && m.opts.Store != nil {
-		entries, more := m.opts.Store.Load()
-		problems = append(problems, more...)
-		applied = resources(entries)
-	}
+	problems = append(problems, storeProblems...)
 	merged, clashes := Merge(append(layers, applied)...)
 	return merged, append(problems, clashes...)
 }

@@ -167,3 +167,41 @@ func TestApplyAndDeleteObjects(t *testing.T) {
 		t.Errorf("%d listeners after deleting a, want 1", n)
 	}
 }
+
+// referrer is a Source that records what it was told before Resources.
+type referrer struct {
+	told  []string
+	order []string
+}
+
+func (r *referrer) Name() string { return "cluster" }
+
+func (r *referrer) Referenced(others []config.Resource) {
+	r.told = r.told[:0]
+	for _, o := range others {
+		r.told = append(r.told, o.Ref.String())
+	}
+	r.order = append(r.order, "referenced")
+}
+
+func (r *referrer) Resources() ([]config.Resource, []config.Problem) {
+	r.order = append(r.order, "resources")
+	return nil, nil
+}
+
+func TestReferrerIsToldFilesAndStore(t *testing.T) {
+	m, _, st := sourcesManager(t, testutil.MappingYAML("from-file", testutil.FreePort(t)))
+	src := &referrer{}
+	m.opts.Sources = []Source{src}
+	ref := config.Ref{Kind: config.KindTCPMapping, Namespace: "default", Name: "from-api"}
+	if err := st.Put(ref, []byte(testutil.MappingYAML("from-api", testutil.FreePort(t)))); err != nil {
+		t.Fatal(err)
+	}
+	m.Reload()
+	if got, want := fmt.Sprint(src.told), "[TCPMapping default/from-file TCPMapping default/from-api]"; got != want {
+		t.Errorf("told %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(src.order), "[referenced resources]"; got != want {
+		t.Errorf("calls %s, want %s", got, want)
+	}
+}

@@ -43,7 +43,7 @@ func newStatusCollector(src Source) *statusCollector {
 		mappingActive: prometheus.NewDesc("tcpmap_mapping_active_connections",
 			"Connections open now, by listener and mapping.", m, nil),
 		mappingConns: prometheus.NewDesc("tcpmap_mapping_connections_total",
-			"Connections routed to a mapping, by the datapath that carried them (kernel: spliced by eBPF; userspace: relayed by tcpmapd).",
+			"Connections routed to a mapping, by the datapath that carried them (kernel: handed to the eBPF splice, perhaps after its first bytes were relayed by tcpmapd; userspace: relayed by tcpmapd to the end).",
 			append(m, "datapath"), nil),
 		mappingBytes: prometheus.NewDesc("tcpmap_mapping_bytes_total",
 			"Payload bytes moved, by direction and by the datapath that moved them.",

@@ -27,9 +27,10 @@ import (
 // TestImage builds the image with `make image` and runs it under podman as
 // the DaemonSet would run it: host network, the DaemonSet's capabilities
 // (not privileged), its seccomp and read-only root file system, the host's
-// bpffs mounted. Bytes go through a cleartext TCPMapping to an echo
-// upstream the test runs, tcpmapctl inside the image lists the mapping,
-// and a stop (SIGTERM) unpins the BPF objects.
+// bpffs mounted; then again as the privileged overlay runs it. Each time
+// bytes go through a cleartext TCPMapping to an echo upstream the test
+// runs, tcpmapctl inside the image lists the mapping, and a stop (SIGTERM)
+// unpins the BPF objects.
 func TestImage(t *testing.T) {
 	requireImageTools(t)
 	root := repoRoot(t)
@@ -113,11 +114,32 @@ func TestImage(t *testing.T) {
 		}
 	}
 
+	// The daemon as the base DaemonSet runs it (its capabilities, not
+	// privileged) and as the privileged overlay runs it: each must load
+	// the kernel datapath and relay.
+	variants := []struct {
+		name string
+		c    corev1.Container
+	}{
+		{"daemonset", c},
+		{"privileged", privilegedDaemonSet(t, m).Spec.Template.Spec.Containers[0]},
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			runImage(t, ctx, podman, cleanupCtx, image, work, suffix, v.name, v.c)
+		})
+	}
+}
+
+// runImage runs the image as container c would run and checks it relays,
+// shows its state through tcpmapctl and unpins on SIGTERM.
+func runImage(t *testing.T, ctx context.Context, podman func(context.Context, ...string) ([]byte, error),
+	cleanupCtx func() (context.Context, context.CancelFunc), image, work, suffix, variant string, c corev1.Container) {
 	// The echo upstream and the configuration: one cleartext mapping on a
 	// free loopback port.
 	upstream := startEcho(t)
 	listenPort, metricsPort := testutil.FreePort(t), testutil.FreePort(t)
-	cfg, run, state := filepath.Join(work, "config"), filepath.Join(work, "run"), filepath.Join(work, "state")
+	cfg, run, state := filepath.Join(work, variant, "config"), filepath.Join(work, variant, "run"), filepath.Join(work, variant, "state")
 	for _, d := range []string{cfg, run, state} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
@@ -139,7 +161,7 @@ spec:
 
 	// The pin directory is this test's own, so that other tests' daemons
 	// (and a node's real one) are not disturbed.
-	pinDir := "/sys/fs/bpf/tcpmap-deploytest-" + suffix
+	pinDir := "/sys/fs/bpf/tcpmap-deploytest-" + suffix + "-" + variant
 	t.Cleanup(func() {
 		if err := os.RemoveAll(pinDir); err != nil {
 			t.Logf("remove %s: %v", pinDir, err)
@@ -163,7 +185,7 @@ spec:
 		t.Fatal(err)
 	}
 
-	name := "tcpmap-deploytest-" + suffix
+	name := "tcpmap-deploytest-" + suffix + "-" + variant
 	runArgs := []string{"run", "-d", "--name", name, "--network", "host"}
 	runArgs = append(runArgs, securityArgs(t, c)...)
 	runArgs = append(runArgs,
@@ -202,12 +224,12 @@ spec:
 		t.Fatal(err)
 	}
 	if kernelSplice && !bytes.Contains(status, []byte("kernel+userspace")) {
-		t.Errorf("with the DaemonSet's capabilities the kernel datapath did not load:\n%s", status)
+		t.Errorf("%s: the kernel datapath did not load:\n%s", variant, status)
 	}
 	// sk_lookup steering (one socket per family serves every port) needs
 	// nothing beyond the same capabilities.
 	if kernelSplice && !bytes.Contains(status, []byte("Steering:  sk_lookup\n")) {
-		t.Errorf("with the DaemonSet's capabilities listeners are not steered by sk_lookup:\n%s", status)
+		t.Errorf("%s: listeners are not steered by sk_lookup:\n%s", variant, status)
 	}
 	if !bytes.Contains(status, []byte("default/deploy-echo")) {
 		t.Errorf("tcpmapctl status does not show the mapping:\n%s", status)

@@ -203,7 +203,13 @@ func TestDaemonSetMatchesDaemon(t *testing.T) {
 // TestPrivilegedOverlay applies the overlay's strategic merge patch as
 // kustomize does and checks the result the same way.
 func TestPrivilegedOverlay(t *testing.T) {
-	m := loadManifests(t)
+	checkDaemonSet(t, privilegedDaemonSet(t, loadManifests(t)), true)
+}
+
+// privilegedDaemonSet is the base DaemonSet with the privileged overlay's
+// strategic merge patch applied, as kustomize applies it.
+func privilegedDaemonSet(t *testing.T, m *manifests) appsv1.DaemonSet {
+	t.Helper()
 	ds := m.daemonSet(t)
 	p, ok := m.patches[filepath.Join("privileged", "daemonset-privileged.yaml")]
 	if !ok {
@@ -232,7 +238,7 @@ func TestPrivilegedOverlay(t *testing.T) {
 	if err := json.Unmarshal(merged, &got); err != nil {
 		t.Fatal(err)
 	}
-	checkDaemonSet(t, got, true)
+	return got
 }
 
 // checkDaemonSet checks the DaemonSet against the daemon's flags and the

@@ -443,6 +443,19 @@ func checkDaemonSet(t *testing.T, ds appsv1.DaemonSet, privileged bool) daemon.O
 	if lim.Memory().IsZero() || lim.Memory().Cmp(*req.Memory()) < 0 {
 		t.Errorf("resources.limits.memory %v: want a bound at or above the request %v", lim.Memory(), req.Memory())
 	}
+	// The Go runtime learns that bound from GOMEMLIMIT (bytes, which a
+	// resourceFieldRef gives with its default divisor of 1).
+	memLimit := false
+	for _, e := range c.Env {
+		if rf := e.ValueFrom; e.Name == "GOMEMLIMIT" && rf != nil && rf.ResourceFieldRef != nil &&
+			rf.ResourceFieldRef.Resource == "limits.memory" && (rf.ResourceFieldRef.ContainerName == "" || rf.ResourceFieldRef.ContainerName == c.Name) &&
+			(rf.ResourceFieldRef.Divisor.IsZero() || rf.ResourceFieldRef.Divisor.Value() == 1) {
+			memLimit = true
+		}
+	}
+	if !memLimit {
+		t.Error("env GOMEMLIMIT: want the container's limits.memory in bytes (resourceFieldRef), so the collector keeps under it")
+	}
 	return o
 }
 

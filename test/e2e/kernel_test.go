@@ -153,21 +153,8 @@ func TestKernelSpliceLargeTransfer(t *testing.T) {
 			conns[0].Kernel.ToUpstream.Mechanism != "" && conns[0].Kernel.ToClient.Mechanism != ""
 	})
 
-	client := <-clientDone
-	var up bulkResult
-	select {
-	case up = <-upDone:
-	case <-ctx.Done():
-		t.Fatal("upstream did not finish")
-	}
-	if client.err != nil || up.err != nil {
-		t.Fatalf("client: %v; upstream: %v", client.err, up.err)
-	}
+	checkExchange(t, ctx, <-clientDone, upDone)
 	el := time.Since(start)
-	if !bytes.Equal(client.sent, up.received) || !bytes.Equal(up.sent, client.received) {
-		t.Fatalf("SHA-256 differ: client sent %x, upstream got %x; upstream sent %x, client got %x",
-			client.sent, up.received, up.sent, client.received)
-	}
 	t.Logf("%d MiB each way in %v through the kernel splice", n>>20, el.Round(time.Millisecond))
 	c.Close()
 
@@ -186,6 +173,25 @@ func TestKernelSpliceLargeTransfer(t *testing.T) {
 	}
 	t.Logf("bulk: kernel moved %d/%d MiB, the daemon %d/%d MiB (back-pressure)", m.KernelBytesToUpstream>>20,
 		m.KernelBytesToClient>>20, m.BytesToUpstream>>20, m.BytesToClient>>20)
+}
+
+// checkExchange waits for the upstream's end of an exchange and fails
+// unless both ends finished and each received what the other sent.
+func checkExchange(t *testing.T, ctx context.Context, client bulkResult, upDone <-chan bulkResult) {
+	t.Helper()
+	var up bulkResult
+	select {
+	case up = <-upDone:
+	case <-ctx.Done():
+		t.Fatal("upstream did not finish")
+	}
+	if client.err != nil || up.err != nil {
+		t.Fatalf("client: %v; upstream: %v", client.err, up.err)
+	}
+	if !bytes.Equal(client.sent, up.received) || !bytes.Equal(up.sent, client.received) {
+		t.Fatalf("SHA-256 differ: client sent %x, upstream got %x; upstream sent %x, client got %x",
+			client.sent, up.received, up.sent, client.received)
+	}
 }
 
 // TestKernelSplicePayloadBypassesUserspace: request/response traffic never
@@ -441,20 +447,7 @@ func TestKernelSpliceAfter(t *testing.T) {
 	if _, err := io.WriteString(c, "bulk!"); err != nil {
 		t.Fatal(err)
 	}
-	client := exchange(c, upSeed, n)
-	var up bulkResult
-	select {
-	case up = <-upDone:
-	case <-ctx.Done():
-		t.Fatal("upstream did not finish")
-	}
-	if client.err != nil || up.err != nil {
-		t.Fatalf("client: %v; upstream: %v", client.err, up.err)
-	}
-	if !bytes.Equal(client.sent, up.received) || !bytes.Equal(up.sent, client.received) {
-		t.Fatalf("SHA-256 differ across the hand-off: client sent %x, upstream got %x; upstream sent %x, client got %x",
-			client.sent, up.received, up.sent, client.received)
-	}
+	checkExchange(t, ctx, exchange(c, upSeed, n), upDone)
 	c.Close()
 
 	var m api.Mapping

@@ -37,15 +37,7 @@ func TestSpliceAfterShortStaysLongHandsOver(t *testing.T) {
 		t.Fatalf("banner %q, %v", got, err)
 	}
 	const size = 4 << 20
-	sent := make(chan [32]byte, 1)
-	go func() {
-		sum, err := writeRandom(long, 7, size)
-		if err != nil {
-			t.Errorf("write: %v", err)
-		}
-		long.CloseWrite()
-		sent <- sum
-	}()
+	sent := sendThenHalfClose(t, long, 7, size)
 	n, got, err := hashAll(br)
 	if err != nil || n != size {
 		t.Fatalf("echo: %d bytes, %v; want %d", n, err, size)
@@ -100,15 +92,7 @@ func TestSpliceAfterWriteStallDoesNotDeadlock(t *testing.T) {
 	srv, l := startRelay(t, tcpListener(backend("m", up.addr(), 100)), Options{Splicer: sp, SpliceAfterBytes: 16 << 20})
 
 	c := dial(t, relayAddr(l))
-	sent := make(chan [32]byte, 1)
-	go func() {
-		sum, err := writeRandom(c, 11, upload)
-		if err != nil {
-			t.Errorf("upload: %v", err)
-		}
-		c.CloseWrite()
-		sent <- sum
-	}()
+	sent := sendThenHalfClose(t, c, 11, upload)
 	n, got, err := hashAll(c)
 	if err != nil || n != answer {
 		t.Fatalf("answer: %d bytes, %v; want %d", n, err, answer)
@@ -172,12 +156,7 @@ func TestSpliceAfterKeepsProxyPrefixFirst(t *testing.T) {
 		t.Fatalf("first echoed line %q, %v", got, err)
 	}
 	const size = 1 << 20
-	sent := make(chan [32]byte, 1)
-	go func() {
-		sum, _ := writeRandom(c, 5, size)
-		c.CloseWrite()
-		sent <- sum
-	}()
+	sent := sendThenHalfClose(t, c, 5, size)
 	n, got, err := hashAll(br)
 	if err != nil || n != size || got != <-sent {
 		t.Fatalf("echo after the prefix: %d bytes, %v, or different bytes", n, err)

@@ -475,6 +475,21 @@ func writeRandom(w io.Writer, seed uint64, n int64) ([32]byte, error) {
 	return [32]byte(h.Sum(nil)), nil
 }
 
+// sendThenHalfClose writes n pseudo-random bytes from seed to c in a
+// goroutine, then half-closes c; the channel yields their SHA-256.
+func sendThenHalfClose(t testing.TB, c *net.TCPConn, seed uint64, n int64) <-chan [32]byte {
+	sent := make(chan [32]byte, 1)
+	go func() {
+		sum, err := writeRandom(c, seed, n)
+		if err != nil {
+			t.Errorf("send: %v", err)
+		}
+		c.CloseWrite()
+		sent <- sum
+	}()
+	return sent
+}
+
 // hashAll reads r to EOF and returns the byte count and SHA-256.
 func hashAll(r io.Reader) (int64, [32]byte, error) {
 	h := sha256.New()

@@ -48,6 +48,10 @@ type cluster struct {
 	dyn        dynamic.Interface
 	cs         kubernetes.Interface
 	apiserver  *proc
+	// What startAPIServer needs to start it again after an outage.
+	apiserverArgs []string
+	probeClient   *http.Client
+	starts        int
 }
 
 // proc is a server process in its own process group.
@@ -81,13 +85,18 @@ func startProc(t *testing.T, name, logFile string, bin string, args ...string) *
 	return p
 }
 
-// stop sends SIGTERM, waits up to 15 s, then kills the process group.
+// stopGrace is how long stop waits after SIGTERM. kube-apiserver drains
+// its open watches (tcpmapd's informers) for longer than any test wants to
+// wait, and an outage is a crash as much as a shutdown, so it is short.
+const stopGrace = 3 * time.Second
+
+// stop sends SIGTERM, waits up to stopGrace, then kills the process group.
 func (p *proc) stop() {
 	p.once.Do(func() {
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-p.exited:
-		case <-time.After(15 * time.Second):
+		case <-time.After(stopGrace):
 			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 			<-p.exited
 		}
@@ -211,42 +220,22 @@ func startCluster(t *testing.T, ctx context.Context) *cluster {
 		return nil
 	})
 
-	c.apiserver = startProc(t, "kube-apiserver", filepath.Join(dir, "apiserver.log"), filepath.Join(serverBin, "kube-apiserver"),
-		"--etcd-servers="+eurl,
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(aport),
+	c.apiserverArgs = []string{"--etcd-servers=" + eurl,
+		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port=" + strconv.Itoa(aport),
 		"--endpoint-reconciler-type=none",
-		"--tls-cert-file="+caFile, "--tls-private-key-file="+filepath.Join(dir, "serving.key"),
+		"--tls-cert-file=" + caFile, "--tls-private-key-file=" + filepath.Join(dir, "serving.key"),
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+filepath.Join(dir, "sa.pub"),
-		"--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
+		"--service-account-key-file=" + filepath.Join(dir, "sa.pub"),
+		"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
 		"--service-cluster-ip-range=10.0.0.0/24",
-		"--token-auth-file="+filepath.Join(dir, "tokens.csv"), "--authorization-mode=AlwaysAllow",
-		"--disable-admission-plugins=ServiceAccount")
-	t.Cleanup(c.apiserver.stop) // runs before etcd.stop
-	dumpOnFailure(t, "kube-apiserver", c.apiserver.log)
-
+		"--token-auth-file=" + filepath.Join(dir, "tokens.csv"), "--authorization-mode=AlwaysAllow",
+		"--disable-admission-plugins=ServiceAccount"}
 	c.url = "https://127.0.0.1:" + strconv.Itoa(aport)
 	caPEM, _ := os.ReadFile(caFile)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
-	tc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	waitFor(t, ctx, "kube-apiserver /readyz", func() error {
-		if !c.apiserver.alive() {
-			return errStop("kube-apiserver exited")
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/readyz", nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := tc.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if string(b) != "ok" {
-			return fmt.Errorf("readyz: %q", b)
-		}
-		return nil
-	})
+	c.probeClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	c.startAPIServer(t, ctx)
 
 	c.kubeconfig = filepath.Join(dir, "kubeconfig")
 	kc := fmt.Sprintf(`apiVersion: v1
@@ -372,4 +361,34 @@ func waitFor(t *testing.T, ctx context.Context, desc string, f func() error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// startAPIServer starts kube-apiserver on the cluster's port and etcd and
+// waits for /readyz; the outage test calls it again after a stop. Each
+// start logs to a file of its own. Cleanup stops it before etcd: stopped
+// together, it can hang for minutes retrying etcd.
+func (c *cluster) startAPIServer(t *testing.T, ctx context.Context) {
+	t.Helper()
+	c.starts++
+	logFile := filepath.Join(c.dir, fmt.Sprintf("apiserver-%d.log", c.starts))
+	c.apiserver = startProc(t, "kube-apiserver", logFile, filepath.Join(serverBin, "kube-apiserver"), c.apiserverArgs...)
+	t.Cleanup(c.apiserver.stop) // runs before etcd.stop
+	dumpOnFailure(t, "kube-apiserver", logFile)
+	waitFor(t, ctx, "kube-apiserver /readyz", func() error {
+		if !c.apiserver.alive() {
+			return errStop("kube-apiserver exited")
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := c.probeClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if string(b) != "ok" {
+			return fmt.Errorf("readyz: %q", b)
+		}
+		return nil
+	})
 }

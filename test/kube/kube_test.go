@@ -100,8 +100,9 @@ func refusedTLS(ctx context.Context, dial dialer) error {
 // certificates signed by that CA; a tcpmapd with --watch-namespace sees
 // only its namespace (testWatchNamespace); a configuration file's
 // TLSContext uses Secrets that exist only in the cluster
-// (testFileSecretFromKubernetes); and with the API server stopped,
-// tcpmapd keeps serving.
+// (testFileSecretFromKubernetes); with the API server stopped, tcpmapd
+// keeps serving; and once it is back, tcpmapd reconnects and serves a
+// TCPMapping created after the outage.
 func TestKubernetesSource(t *testing.T) {
 	requireSetup(t)
 	t.Parallel() // its own API server: nothing shared with the other tests
@@ -433,6 +434,34 @@ func TestKubernetesSource(t *testing.T) {
 			t.Errorf("status during the outage lacks listener port %s:\n%s", want, out)
 		}
 	}
+
+	// client-go retries with backoff (its reflectors back off to 30 s at
+	// most), so the step allows a minute.
+	sctx = step("the API server comes back: tcpmapd reconnects and takes a new TCPMapping")
+	mark = d.mark()
+	c.startAPIServer(t, sctx)
+	back := time.Now()
+	pAfter := testutil.FreePort(t)
+	c.create(t, sctx, fmt.Sprintf("{apiVersion: getambassador.io/v3alpha1, kind: TCPMapping, metadata: {name: after-outage}, spec: {address: 127.0.0.1, port: %d, service: %q}}", pAfter, upA.addr()))
+	after := plainDialer(net.JoinHostPort("127.0.0.1", fmt.Sprint(pAfter)))
+	waitFor(t, sctx, "the mapping created after the outage to relay", func() error {
+		o, err := probe(sctx, after)
+		if err != nil {
+			return err
+		}
+		if o.backend != "A" {
+			return fmt.Errorf("backend %q, want A", o.backend)
+		}
+		return nil
+	})
+	if _, err := d.waitLog(sctx, mark, func(e map[string]any) bool {
+		m, _ := e["msg"].(string)
+		return m == "kubernetes API: reachable again"
+	}); err != nil {
+		t.Errorf("no log line saying the API server is back: %v", err)
+	}
+	t.Logf("a TCPMapping created once the API server was back served %v later", time.Since(back).Round(100*time.Millisecond))
+	waitAccepted(t, sctx, c, "TCPMapping", "after-outage")
 }
 
 // waitAccepted waits for an Accepted (Normal) Event on the object.

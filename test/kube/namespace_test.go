@@ -229,6 +229,22 @@ spec: {address: 127.0.0.1, port: %[2]d, host: file.example, service: %[3]q}
 		t.Fatal(err)
 	}
 	d := startDaemon(t, ctx, c.kubeconfig, "--config", file)
+	// The source learns the file's Secret names before its first sync
+	// and waits for them, so the first reload already accepts the file's
+	// resources: no problem is logged for them before "ready". (Others
+	// are: this daemon watches every namespace of a busy cluster.)
+	var early []string
+	if _, err := d.waitLog(ctx, 0, func(e map[string]any) bool {
+		if r, _ := e["resource"].(string); e["msg"] == "config problem" && strings.Contains(r, " "+nsF+"/") {
+			early = append(early, fmt.Sprintf("%s: %v: %v", r, e["field"], e["reason"]))
+		}
+		return e["msg"] == "ready"
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(early) > 0 {
+		t.Errorf("the first reload rejected the file's resources: %v; the cluster's Secrets were not there yet", early)
+	}
 
 	client := clientCA.Client(t, "file-client")
 	kp, err := tls.X509KeyPair(client.CertPEM, client.KeyPEM)

@@ -261,6 +261,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer stop()
 	}
+	// The Kubernetes source learns which Secrets the files name before its
+	// first sync, so that it waits for those too.
+	m.TellReferrers()
 	waitKubernetes(ctx, kubeSrc, opts, log)
 
 	hup := make(chan os.Signal, 1)

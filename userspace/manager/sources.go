@@ -52,7 +52,7 @@ func (m *Manager) loadSourcesWith(applied []config.Resource) ([]config.Resource,
 	layers := [][]config.Resource{files}
 	for _, src := range m.opts.Sources {
 		if r, ok := src.(Referrer); ok {
-			r.Referenced(append(append([]config.Resource(nil), files...), applied...))
+			r.Referenced(local(files, applied))
 		}
 		rs, more := src.Resources()
 		problems = append(problems, more...)
@@ -61,6 +61,36 @@ func (m *Manager) loadSourcesWith(applied []config.Resource) ([]config.Resource,
 	problems = append(problems, storeProblems...)
 	merged, clashes := Merge(append(layers, applied)...)
 	return merged, append(problems, clashes...)
+}
+
+// TellReferrers tells every Referrer source what the files and the store
+// hold now, before the first reload: a source that must fetch what they
+// name can then wait for it, and the first reload need not reject a
+// resource whose Secret is still on its way.
+func (m *Manager) TellReferrers() {
+	var refs []Referrer
+	for _, src := range m.opts.Sources {
+		if r, ok := src.(Referrer); ok {
+			refs = append(refs, r)
+		}
+	}
+	if len(refs) == 0 {
+		return
+	}
+	files, _ := config.Load(m.opts.ConfigPaths)
+	var applied []config.Resource
+	if m.opts.Store != nil {
+		entries, _ := m.opts.Store.Load()
+		applied = resources(entries)
+	}
+	for _, r := range refs {
+		r.Referenced(local(files, applied))
+	}
+}
+
+// local is the files' resources and the applied ones, in a new slice.
+func local(files, applied []config.Resource) []config.Resource {
+	return append(append(make([]config.Resource, 0, len(files)+len(applied)), files...), applied...)
 }
 
 func resources(entries []store.Entry) []config.Resource {

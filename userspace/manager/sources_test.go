@@ -197,11 +197,18 @@ func TestReferrerIsToldFilesAndStore(t *testing.T) {
 	if err := st.Put(ref, []byte(testutil.MappingYAML("from-api", testutil.FreePort(t)))); err != nil {
 		t.Fatal(err)
 	}
+	// Before the first reload (the daemon does this before it waits for
+	// Kubernetes), then again at each reload, just before Resources.
+	m.TellReferrers()
+	if got, want := fmt.Sprint(src.told), "[TCPMapping default/from-file TCPMapping default/from-api]"; got != want {
+		t.Errorf("TellReferrers told %s, want %s", got, want)
+	}
+	src.told = nil
 	m.Reload()
 	if got, want := fmt.Sprint(src.told), "[TCPMapping default/from-file TCPMapping default/from-api]"; got != want {
 		t.Errorf("told %s, want %s", got, want)
 	}
-	if got, want := fmt.Sprint(src.order), "[referenced resources]"; got != want {
+	if got, want := fmt.Sprint(src.order), "[referenced referenced resources]"; got != want {
 		t.Errorf("calls %s, want %s", got, want)
 	}
 }

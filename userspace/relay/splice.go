@@ -85,10 +85,15 @@ func (s *Server) kernelSplice(c *relayConn, up *net.TCPConn, idle time.Duration,
 		c.closed = true
 		c.mu.Unlock()
 		if ce := s.log.Check(zap.DebugLevel, "connection closed"); ce != nil {
+			// The kernel's counts are of the bytes after the hand-off;
+			// before_handoff are the ones this process relayed first
+			// (a PROXY prefix, or a deferred hand-off's first bytes).
 			ce.Write(zap.Stringer("client", c.clientAddr), zap.Stringer("mapping", c.bs.backend.Mapping),
 				zap.String("datapath", "kernel"), zap.Int64("bytes_to_upstream", r.BytesToUpstream),
-				zap.Int64("bytes_to_client", r.BytesToClient), zap.Bool("idle_closed", r.IdleClosed),
-				zap.Bool("reset", r.Reset), zap.Duration("duration", time.Since(c.start)))
+				zap.Int64("bytes_to_client", r.BytesToClient),
+				zap.Int64("before_handoff_to_upstream", c.bytesUp.Load()-r.PassedToUpstream),
+				zap.Int64("before_handoff_to_client", c.bytesDn.Load()-r.PassedToClient),
+				zap.Bool("idle_closed", r.IdleClosed), zap.Bool("reset", r.Reset), zap.Duration("duration", time.Since(c.start)))
 		}
 		finish()
 	}

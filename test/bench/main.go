@@ -77,7 +77,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.DurationVar(&o.duration, "duration", 3*time.Second, "measuring window of each bulk, connections/s and slow-reader test")
-	fs.StringSliceVar(&o.only, "only", nil, "proxies to run (direct, userspace, ebpf, ebpf-at-once, haproxy, gorelay); default all")
+	fs.StringSliceVar(&o.only, "only", nil, "proxies to run (direct, userspace, ebpf, ebpf-deferred, haproxy, gorelay); default all")
 	fs.StringSliceVar(&o.skip, "skip", nil, "metrics to skip (bulk1, bulk4, bulk, rr, conns, idle, slow)")
 	fs.BoolVar(&o.quick, "quick", false, "short runs for a smoke test: 0.5 s windows, 2,000 round trips, 500 idle connections")
 	fs.StringVar(&o.jsonPath, "json", "", "also write the results to this file as JSON")
@@ -98,7 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	for _, p := range o.only {
 		if !slices.ContainsFunc(proxyKinds, func(k proxyKind) bool { return k.key == p }) {
-			return nil, fmt.Errorf("--only %q: want some of direct, userspace, ebpf, ebpf-at-once, haproxy, gorelay", p)
+			return nil, fmt.Errorf("--only %q: want some of direct, userspace, ebpf, ebpf-deferred, haproxy, gorelay", p)
 		}
 	}
 	var skip []string

@@ -16,6 +16,7 @@ func TestSizeFlags(t *testing.T) {
 		errContains string
 	}{
 		{args: nil, after: DefaultSpliceAfterBytes, bound: 0},
+		{args: []string{"--splice-after-bytes", "64KiB"}, after: 64 << 10},
 		{args: []string{"--splice-after-bytes", "64KiB", "--splice-bound", "4MiB"}, after: 64 << 10, bound: 4 << 20},
 		{args: []string{"--splice-after-bytes", "0"}, after: 0},
 		{args: []string{"--splice-after-bytes", "1048576"}, after: 1 << 20},

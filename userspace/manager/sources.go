@@ -28,7 +28,7 @@ type Source interface {
 // Referrer is a Source that also supplies what the files' and the
 // store's resources name but do not hold, such as the Kubernetes Secret
 // of a file's TLSContext. Before each Resources it is told those
-// resources.
+// resources, which it must not modify.
 type Referrer interface {
 	Referenced(others []config.Resource)
 }
@@ -42,18 +42,10 @@ func (m *Manager) loadSources() ([]config.Resource, []config.Problem) {
 // loadSourcesWith is loadSources with the store's entries replaced by
 // applied when it is non-nil (an apply's dry run).
 func (m *Manager) loadSourcesWith(applied []config.Resource) ([]config.Resource, []config.Problem) {
-	files, problems := config.Load(m.opts.ConfigPaths)
-	var storeProblems []config.Problem
-	if applied == nil && m.opts.Store != nil {
-		var entries []store.Entry
-		entries, storeProblems = m.opts.Store.Load()
-		applied = resources(entries)
-	}
+	files, applied, problems, storeProblems := m.readLocal(applied)
+	m.tellReferrers(files, applied)
 	layers := [][]config.Resource{files}
 	for _, src := range m.opts.Sources {
-		if r, ok := src.(Referrer); ok {
-			r.Referenced(local(files, applied))
-		}
 		rs, more := src.Resources()
 		problems = append(problems, more...)
 		layers = append(layers, rs)
@@ -63,34 +55,45 @@ func (m *Manager) loadSourcesWith(applied []config.Resource) ([]config.Resource,
 	return merged, append(problems, clashes...)
 }
 
-// TellReferrers tells every Referrer source what the files and the store
-// hold now, before the first reload: a source that must fetch what they
-// name can then wait for it, and the first reload need not reject a
-// resource whose Secret is still on its way.
-func (m *Manager) TellReferrers() {
-	var refs []Referrer
-	for _, src := range m.opts.Sources {
-		if r, ok := src.(Referrer); ok {
-			refs = append(refs, r)
-		}
-	}
-	if len(refs) == 0 {
-		return
-	}
-	files, _ := config.Load(m.opts.ConfigPaths)
-	var applied []config.Resource
-	if m.opts.Store != nil {
-		entries, _ := m.opts.Store.Load()
+// readLocal reads the configuration files and, unless applied is given
+// (an apply's dry run), the store.
+func (m *Manager) readLocal(applied []config.Resource) (files, stored []config.Resource, fileProblems, storeProblems []config.Problem) {
+	files, fileProblems = config.Load(m.opts.ConfigPaths)
+	if applied == nil && m.opts.Store != nil {
+		var entries []store.Entry
+		entries, storeProblems = m.opts.Store.Load()
 		applied = resources(entries)
 	}
-	for _, r := range refs {
-		r.Referenced(local(files, applied))
+	return files, applied, fileProblems, storeProblems
+}
+
+// tellReferrers tells every Referrer source what the files and the store
+// hold, before it is asked for its Resources.
+func (m *Manager) tellReferrers(files, stored []config.Resource) {
+	var others []config.Resource
+	for _, src := range m.opts.Sources {
+		if r, ok := src.(Referrer); ok {
+			if others == nil {
+				others = append(append(make([]config.Resource, 0, len(files)+len(stored)), files...), stored...)
+			}
+			r.Referenced(others)
+		}
 	}
 }
 
-// local is the files' resources and the applied ones, in a new slice.
-func local(files, applied []config.Resource) []config.Resource {
-	return append(append(make([]config.Resource, 0, len(files)+len(applied)), files...), applied...)
+// TellReferrers tells every Referrer source what the files and the store
+// hold now, before the first reload: a source that must fetch what they
+// name can then wait for it, and the first reload need not reject a
+// resource whose Secret is still on its way. Without a Referrer it reads
+// nothing.
+func (m *Manager) TellReferrers() {
+	for _, src := range m.opts.Sources {
+		if _, ok := src.(Referrer); ok {
+			files, stored, _, _ := m.readLocal(nil)
+			m.tellReferrers(files, stored)
+			return
+		}
+	}
 }
 
 func resources(entries []store.Entry) []config.Resource {

@@ -73,10 +73,7 @@ func (s *Server) relayThenSplice(c *relayConn, idle time.Duration, finish func()
 		defer timer.Stop()
 	}
 	for {
-		var ends [2]phaseEnd
-		for d := range dirs {
-			ends[d] = phaseEOF
-		}
+		ends := [2]phaseEnd{phaseEOF, phaseEOF} // a direction that ended earlier stays so
 		if !dirs[1].ended {
 			c.wg.Add(1)
 			go func() {
@@ -142,7 +139,7 @@ func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
 		n, err := d.dst.conn.Write(b)
 		c.count(toUpstream, int64(n))
 		c.touch()
-		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && c.pausing.Load() {
+		if c.pausedBy(err) {
 			d.pending = append([]byte(nil), b[n:]...)
 			return err
 		}
@@ -153,7 +150,7 @@ func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
 		return err
 	}
 	fail := func(err error) phaseEnd {
-		if errors.Is(err, os.ErrDeadlineExceeded) && c.pausing.Load() {
+		if c.pausedBy(err) {
 			return phaseStalled
 		}
 		c.close(true)
@@ -172,23 +169,18 @@ func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
 	for {
 		// Wait for bytes before taking a buffer: a quiet connection then
 		// holds none, and a burst of them does not pin 64 KiB each.
-		if rerr := waitReadable(rc); rerr != nil {
-			if errors.Is(rerr, os.ErrDeadlineExceeded) && c.pausing.Load() {
-				return phasePaused
+		rerr := waitReadable(rc)
+		if rerr == nil {
+			bp := bufPool.Get().(*[]byte)
+			var nr int
+			var werr error
+			if nr, rerr = d.src.conn.Read(*bp); nr > 0 {
+				werr = write((*bp)[:nr])
 			}
-			c.close(true)
-			return phaseFailed
-		}
-		bp := bufPool.Get().(*[]byte)
-		nr, rerr := d.src.conn.Read(*bp)
-		if nr > 0 {
-			err := write((*bp)[:nr])
 			bufPool.Put(bp)
-			if err != nil {
-				return fail(err)
+			if werr != nil {
+				return fail(werr)
 			}
-		} else {
-			bufPool.Put(bp)
 		}
 		switch {
 		case rerr == nil:
@@ -197,13 +189,19 @@ func (c *relayConn) copyPhase(d *deferredDir, toUpstream bool) phaseEnd {
 			c.ended.Store(true)
 			closeWrite(d.dst)
 			return phaseEOF
-		case errors.Is(rerr, os.ErrDeadlineExceeded) && c.pausing.Load():
+		case c.pausedBy(rerr):
 			return phasePaused
 		default:
 			c.close(true)
 			return phaseFailed
 		}
 	}
+}
+
+// pausedBy reports whether err is the pause for the hand-off: a deadline
+// that startPause set.
+func (c *relayConn) pausedBy(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) && c.pausing.Load()
 }
 
 // noteMoved adds n to the bytes moved and, on crossing spliceAfter,

@@ -284,8 +284,13 @@ func Run(ctx context.Context, opts Options) error {
 		go w.Run(wctx, reloadDue)
 	}
 
-	res := m.Reload()
-	publishOutcomes(kubeSrc, m)
+	// Every reload is followed by the Events of its outcomes.
+	reload := func() manager.Result {
+		res := m.Reload()
+		publishOutcomes(kubeSrc, m)
+		return res
+	}
+	res := reload()
 	if opts.AdminSocket != "" {
 		// Traffic matters more than inspection: without its admin socket
 		// the daemon still serves, and says so loudly.
@@ -315,9 +320,11 @@ func Run(ctx context.Context, opts Options) error {
 	retryEvery := minRetry
 	retry := time.NewTimer(retryEvery)
 	defer retry.Stop()
-	resetRetry := func() {
+	reloadNow := func(msg string) {
+		res := reload()
 		retryEvery = minRetry
 		retry.Reset(retryEvery)
+		log.Info(msg, zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
 	}
 
 	for {
@@ -331,15 +338,9 @@ func Run(ctx context.Context, opts Options) error {
 			retry.Reset(retryEvery)
 			publishOutcomes(kubeSrc, m)
 		case <-hup:
-			res := m.Reload()
-			publishOutcomes(kubeSrc, m)
-			resetRetry()
-			log.Info("reloaded on SIGHUP", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
+			reloadNow("reloaded on SIGHUP")
 		case <-changed:
-			res := m.Reload()
-			publishOutcomes(kubeSrc, m)
-			resetRetry()
-			log.Info("reloaded: configuration changed", zap.Int("listeners", res.Listeners), zap.Int("errors", res.Errors), zap.Int("warnings", res.Warnings))
+			reloadNow("reloaded: configuration changed")
 		case <-ctx.Done():
 			log.Info("stopping: no new connections; draining live ones", zap.Duration("drain_timeout", opts.DrainTimeout))
 			sctx, cancel := context.WithTimeout(context.Background(), opts.DrainTimeout+time.Second)

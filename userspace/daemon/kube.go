@@ -54,11 +54,10 @@ func startKubernetes(ctx context.Context, opts Options, log *zap.Logger, notify 
 		node, _ = os.Hostname()
 	}
 	src, err := kube.NewForConfig(rc, kube.Options{
-		Namespace:    opts.WatchNamespace,
-		AmbassadorID: opts.AmbassadorID,
-		OnChange:     notify,
-		Host:         node,
-		Logger:       log.Named("kubernetes"),
+		Namespace: opts.WatchNamespace,
+		OnChange:  notify,
+		Host:      node,
+		Logger:    log.Named("kubernetes"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--kubernetes: %w", err)
@@ -94,6 +93,6 @@ func waitKubernetes(ctx context.Context, src *kube.Source, opts Options, log *za
 // reload, so it can emit Events; a no-op without --kubernetes.
 func publishOutcomes(src *kube.Source, m *manager.Manager) {
 	if src != nil {
-		src.Publish(m.Objects(), m.Problems())
+		src.Publish(m.Outcomes())
 	}
 }

@@ -28,13 +28,13 @@ type Outcome struct {
 	Message string
 }
 
-// Outcomes turns the reload's outcomes (config.Outcomes) into the Event
-// due on each Kubernetes resource. Copies of a resource from other sources
-// (a file's clash on the same name) do not count, and resources meant for
+// Outcomes turns a reload's outcomes (config.Outcomes) into the Event due
+// on each Kubernetes resource. Copies of a resource from other sources (a
+// file's clash on the same name) do not count, and resources meant for
 // another installation (ambassador_id) get no Event.
-func Outcomes(objects []config.Resource, problems []config.Problem, ambassadorID string) map[config.Ref]Outcome {
+func Outcomes(outcomes []config.Outcome) map[config.Ref]Outcome {
 	out := make(map[config.Ref]Outcome)
-	for _, o := range config.Outcomes(objects, problems, ambassadorID) {
+	for _, o := range outcomes {
 		if o.Origin.Source != SourceName || o.State == config.Ignored {
 			continue
 		}

@@ -33,7 +33,7 @@ func TestOutcomes(t *testing.T) {
 		{Ref: good, Origin: file, Field: "metadata.name", Reason: "clash in the file", Level: "error"},
 		{Ref: fromFile, Origin: file, Reason: "broken", Level: "error"},
 	}
-	got := Outcomes(objects, problems, "default")
+	got := Outcomes(config.Outcomes(objects, problems, "default"))
 	want := map[config.Ref]Outcome{
 		good:     {corev1.EventTypeNormal, ReasonAccepted, "accepted by tcpmap"},
 		warned:   {corev1.EventTypeNormal, ReasonAccepted, "accepted by tcpmap with warnings: spec.x: odd"},

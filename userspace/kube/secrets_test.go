@@ -170,7 +170,7 @@ func TestSourceSecretByName(t *testing.T) {
 	}
 
 	// The Opaque Secret gets its Event like a TLS one.
-	src.Publish(rs, probs)
+	src.Publish(config.Outcomes(rs, probs, "default"))
 	var events []string
 	for len(rec.Events) > 0 {
 		events = append(events, <-rec.Events)

@@ -85,9 +85,6 @@ type Options struct {
 	Recheck time.Duration
 	// Namespace limits the watch to one namespace; empty watches all.
 	Namespace string
-	// AmbassadorID is this installation's id: resources for other ids get
-	// no Events (another installation owns them). Empty means "default".
-	AmbassadorID string
 	// OnChange is called, debounced, after the watched objects changed.
 	OnChange func()
 	// Debounce is the quiet time before OnChange; zero means
@@ -145,9 +142,6 @@ func New(opts Options) (*Source, error) {
 	}
 	if opts.Component == "" {
 		opts.Component = "tcpmap"
-	}
-	if opts.AmbassadorID == "" {
-		opts.AmbassadorID = "default"
 	}
 	if opts.Recheck <= 0 {
 		opts.Recheck = DefaultRecheck
@@ -469,10 +463,10 @@ func stringMap(m map[string]string) map[string]any {
 // Publish emits an Event on every Kubernetes resource whose outcome
 // changed since the last call: Accepted (Normal) or Rejected (Warning,
 // with the reasons). The daemon calls it after each reload with the
-// manager's objects and problems. It does not block on the network: the
-// broadcaster sends in the background.
-func (s *Source) Publish(objects []config.Resource, problems []config.Problem) {
-	now := Outcomes(objects, problems, s.opts.AmbassadorID)
+// manager's Outcomes. It does not block on the network: the broadcaster
+// sends in the background.
+func (s *Source) Publish(outcomes []config.Outcome) {
+	now := Outcomes(outcomes)
 	refs := make(map[config.Ref]*corev1.ObjectReference, len(now))
 	for ref := range now {
 		if or := s.objectReference(ref); or != nil {

@@ -2,13 +2,6 @@ package kube
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"sort"
 	"strings"
 	"testing"
@@ -23,27 +16,10 @@ import (
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
-)
 
-func selfSigned(t *testing.T, cn string) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, DNSNames: []string{cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
+	"github.com/tcpmap/tcpmap/userspace/config"
+	"github.com/tcpmap/tcpmap/userspace/tlsconfig/tlstest"
+)
 
 func unstructuredObj(kind, ns, name string, spec map[string]any) *unstructured.Unstructured {
 	u := &unstructured.Unstructured{Object: map[string]any{
@@ -55,11 +31,11 @@ func unstructuredObj(kind, ns, name string, spec map[string]any) *unstructured.U
 }
 
 func tlsSecret(t *testing.T, ns, name string) *corev1.Secret {
-	c, k := selfSigned(t, name+".example")
+	p := tlstest.NewCA(t, name+" CA").Server(t, name+".example")
 	return &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, UID: types.UID("uid-" + name), ResourceVersion: "1"},
 		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{"tls.crt": c, "tls.key": k},
+		Data:       map[string][]byte{"tls.crt": p.CertPEM, "tls.key": p.KeyPEM},
 	}
 }
 
@@ -130,7 +106,7 @@ func TestSourceWithFakeClients(t *testing.T) {
 			}
 		}
 	}
-	src.Publish(rs, probs)
+	src.Publish(config.Outcomes(rs, probs, "default"))
 	first := events()
 	if len(first) != 4 {
 		t.Fatalf("events after the first reload: %q, want 4", first)
@@ -138,7 +114,7 @@ func TestSourceWithFakeClients(t *testing.T) {
 	if !strings.HasPrefix(first[0], "Normal Accepted") || !strings.HasPrefix(first[3], "Warning Rejected rejected by tcpmap: spec.port:") {
 		t.Errorf("events %q", first)
 	}
-	src.Publish(rs, probs)
+	src.Publish(config.Outcomes(rs, probs, "default"))
 	if again := events(); len(again) != 0 {
 		t.Errorf("same outcomes published again: %q", again)
 	}
@@ -163,7 +139,7 @@ func TestSourceWithFakeClients(t *testing.T) {
 	if len(probs) != 0 || len(rs) != 3 {
 		t.Errorf("after the delete: %v, %v", rs, probs)
 	}
-	src.Publish(rs, probs)
+	src.Publish(config.Outcomes(rs, probs, "default"))
 	if e := events(); len(e) != 0 {
 		t.Errorf("a deleted object's outcome is not an event: %q", e)
 	}

@@ -2,14 +2,7 @@ package deploy
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -28,6 +21,7 @@ import (
 	"github.com/tcpmap/tcpmap/userspace/manager"
 	"github.com/tcpmap/tcpmap/userspace/metrics"
 	"github.com/tcpmap/tcpmap/userspace/snapshot"
+	"github.com/tcpmap/tcpmap/userspace/tlsconfig/tlstest"
 )
 
 // TestExamples loads the example resources with tcpmap's own loader and
@@ -156,37 +150,16 @@ type statusStub struct{}
 
 func (statusStub) Status() api.Status { return api.Status{} }
 
-// writeTLSSecret writes a kubernetes.io/tls Secret with a fresh self-signed
+// writeTLSSecret writes a kubernetes.io/tls Secret with a fresh
 // certificate for host.
 func writeTLSSecret(t *testing.T, path, name, namespace, host string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: host},
-		DNSNames:     []string{host},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pair := tlstest.NewCA(t, host+" CA").Server(t, host)
 	s := corev1.Secret{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
 		Type:       corev1.SecretTypeTLS,
-		Data: map[string][]byte{
-			"tls.crt": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-			"tls.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-		},
+		Data:       map[string][]byte{"tls.crt": pair.CertPEM, "tls.key": pair.KeyPEM},
 	}
 	data, err := yaml.Marshal(s)
 	if err != nil {
